@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny local models (random init, locally trained tokenizer) and MGSM data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mergekit_layerswap import tiny
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: The read-only MGSM copy beside the repo (see ../shared/README.md).
+MGSM_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "mgsm"
+
+
+@pytest.fixture(scope="session")
+def mgsm_hf_dir() -> Path:
+    path = MGSM_DIR / "hf"
+    if not path.is_dir():
+        pytest.fail(f"MGSM data not found at {path}: the suite reads it from ../shared/mgsm")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    return tiny.train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def make_model(tmp_path_factory, tokenizer_dir):
+    """Build (and cache for the session) a tiny model: make_model(arch, layers, seed, ...)."""
+    cache: dict[tuple, Path] = {}
+
+    def build(arch: str = "llama", num_layers: int = 8, seed: int = 0, **kwargs) -> Path:
+        key = (arch, num_layers, seed, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            name = f"{arch}-{num_layers}-{seed}-" + "-".join(f"{k}{v}" for k, v in key[3])
+            out = tmp_path_factory.mktemp("models") / name
+            cache[key] = tiny.build_model(
+                out, arch=arch, num_layers=num_layers, seed=seed,
+                tokenizer_dir=tokenizer_dir, **kwargs,
+            )
+        return cache[key]
+
+    return build
