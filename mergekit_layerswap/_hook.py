@@ -7,7 +7,6 @@ mergekit's own modules: right after `mergekit.merge_methods` finishes importing 
 """
 
 import sys
-from importlib.abc import MetaPathFinder
 
 
 def _on_merge_methods(module) -> None:
@@ -25,8 +24,8 @@ def _on_plan(module) -> None:
 _WATCHED = {"mergekit.merge_methods": _on_merge_methods, "mergekit.plan": _on_plan}
 
 
-class _AfterImport(MetaPathFinder):
-    """Runs a callback once a watched module has executed."""
+class _AfterImport:
+    """A meta path finder that runs a callback once a watched module has executed."""
 
     def find_spec(self, name, path=None, target=None):
         callback = _WATCHED.get(name)
