@@ -58,9 +58,12 @@ def _validate(args: argparse.Namespace) -> int:
     except validate.ConfigError as error:
         raise _problems(args.config, error) from None
     print(f"{args.config}: OK ({plan.num_layers} layers, host {plan.host})")
-    for index, weights in enumerate(swap.plan_layers(plan.swap, plan.num_layers)):
-        shares = " + ".join(f"{w:.3g} {source}" for source, w in weights.items())
-        print(f"  layer {index:>3}: {shares}")
+    rows = [("embeddings", "pre")]
+    rows += [(f"layer {index:>3}", index) for index in range(plan.num_layers)]
+    rows += [("norm + head", "post")]
+    for label, position in rows:
+        weights = swap.tensor_weights(position, plan.num_layers, plan.swap)
+        print(f"  {label:>11}: " + " + ".join(f"{w:.3g} {src}" for src, w in weights.items()))
     return 0
 
 

@@ -55,6 +55,7 @@ def test_valid_config_prints_the_layer_map(models, tmp_path, capsys):
     assert "OK (8 layers" in out
     assert f"layer   2: 0.5 {models['sw']} + 0.5 {models['math']}" in out
     assert f"layer   7: 1 {models['sw']}" in out
+    assert f"embeddings: 1 {models['sw']}" in out and f"norm + head: 1 {models['sw']}" in out
 
 
 CASES = [
