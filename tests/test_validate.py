@@ -155,3 +155,19 @@ def test_stock_mergekit_yaml_rejects_bad_config_before_reading_tensors(models, t
     ]
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_recipe_validates_with_the_paper_layer_map(make_model, tmp_path):
+    raw = validate.load(Path(__file__).parents[1] / "recipes" / "layerswap.yml")
+    math, swahili = make_model("llama", 32, seed=1), make_model("llama", 32, seed=2)
+    hub_ids = {raw["base_model"]: str(math), raw["models"][1]["model"]: str(swahili)}
+    raw["base_model"] = hub_ids[raw["base_model"]]
+    for entry in raw["models"]:
+        entry["model"] = hub_ids[entry["model"]]
+    plan = validate.plan(raw)
+    from mergekit_layerswap.swap import plan_layers
+
+    layers = plan_layers(plan.swap, 32)
+    donor_layers = [i for i, w in enumerate(layers) if w == {str(swahili): 1.0}]
+    blends = [i for i, w in enumerate(layers) if len(w) == 2]
+    assert donor_layers == [0, 1, 2, 3, 4, 30, 31] and blends == [5, 29]
