@@ -45,14 +45,16 @@ def train_tokenizer(out_dir: str | Path, vocab_size: int = 320) -> Path:
     return out
 
 
-def tiny_config(arch: str, num_layers: int, vocab_size: int, *, tie: bool = False):
-    """A transformers config for a few-layer model of `arch` (hidden size 64)."""
+def tiny_config(
+    arch: str, num_layers: int, vocab_size: int, *, tie: bool = False, hidden_size: int = 64
+):
+    """A transformers config for a few-layer model of `arch`."""
     import transformers
 
     common = dict(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -83,6 +85,7 @@ def build_model(
     seed: int = 0,
     dtype: str = "bfloat16",
     tie: bool = False,
+    hidden_size: int = 64,
     tokenizer_dir: str | Path | None = None,
 ) -> Path:
     """Write a randomly initialised tiny causal LM (safetensors + tokenizer) to `out_dir`."""
@@ -93,7 +96,7 @@ def build_model(
     if tokenizer_dir is None:
         tokenizer_dir = train_tokenizer(out)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = tiny_config(arch, num_layers, len(tokenizer), tie=tie)
+    config = tiny_config(arch, num_layers, len(tokenizer), tie=tie, hidden_size=hidden_size)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     model.save_pretrained(out)

@@ -20,6 +20,7 @@ def models(make_model) -> dict[str, Path]:
         "te": make_model("llama", 8, seed=3),
         "short": make_model("llama", 6, seed=4),
         "qwen": make_model("qwen2", 8, seed=5),
+        "wide": make_model("llama", 8, seed=8, hidden_size=96),
         "tied_a": make_model("llama", 8, seed=6, tie=True),
         "tied_b": make_model("llama", 8, seed=7, tie=True),
     }
@@ -91,6 +92,8 @@ CASES = [
      "layer count 6 differs from the host's 8"),
     (lambda m: config(m, {"qwen": {"bottom": 2}}), "models[1].model",
      "architecture Qwen2ForCausalLM differs"),
+    (lambda m: config(m, {"wide": {"bottom": 2}}), "models[1].model",
+     "hidden size 96 differs from the host's 64"),
     (lambda m: config(m, {"tied_a": {"bottom": 2}}), "models[1].model",
      "tie_word_embeddings True differs"),
     (lambda m: {**config(m), "models": [*config(m)["models"], {"model": "./no/such/model"}]},
