@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", help="mergekit YAML config with merge_method: layer_swap")
     check.set_defaults(handler=_validate)
     # --- subcommands: each adds its parser here and sets `handler` ---
+    _add_eval(sub)
+    _add_suite(sub)
     return parser
 
 
@@ -78,6 +80,86 @@ def _merge(args: argparse.Namespace) -> int:
     except (validate.ConfigError, merge.OutputError) as error:
         raise _problems(args.config, error) from None
     print(f"merged into {out}")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser(
+        "eval", help="score models on MGSM with lm-evaluation-harness's own mgsm_* tasks"
+    )
+    ev.add_argument("models", nargs="+", metavar="MODEL", help="local model folder or Hub id")
+    ev.add_argument(
+        "--languages", required=True, help='comma-separated codes, e.g. "sw,te,bn,ja,en", or "all"'
+    )
+    ev.add_argument("--mode", default="native_cot", help="native_cot (default), direct or en_cot")
+    ev.add_argument("--num-fewshot", type=int, default=0, help="exemplars, 0-8 (default 0)")
+    ev.add_argument("--limit", type=int, help="only the first N problems per language")
+    ev.add_argument("--batch-size", help="N or auto (default: 32 for hf, auto for vllm)")
+    ev.add_argument("--max-gen-toks", type=int, default=256, help="default 256 (lm-eval's)")
+    ev.add_argument("--backend", default="hf", help="hf (default) or vllm")
+    ev.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
+    ev.add_argument(
+        "--data-dir", help="local copy laid out like juletxara/mgsm (default: $MGSM_DATA_DIR, "
+        "else the Hub)"
+    )  # fmt: skip
+    ev.add_argument("--output", required=True, metavar="OUT_DIR", help="results folder")
+    ev.add_argument("--cache-dir", help="result cache (default: OUT_DIR/cache)")
+    ev.add_argument(
+        "--log-samples", action="store_true", help="also write per-sample generations"
+    )
+    ev.set_defaults(handler=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mergekit_layerswap import evaluate
+
+    batch_size = args.batch_size
+    try:
+        settings = evaluate.EvalSettings(
+            languages=args.languages, mode=args.mode, num_fewshot=args.num_fewshot,
+            limit=args.limit, max_gen_toks=args.max_gen_toks, backend=args.backend,
+            batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
+            device=args.device, log_samples=args.log_samples,
+            **({"data_dir": args.data_dir} if args.data_dir else {}),
+        )  # fmt: skip
+        results = evaluate.evaluate_models(
+            args.models, settings, args.output, cache_dir=args.cache_dir
+        )
+    except evaluate.EvalInputError as error:
+        raise UsageError(str(error)) from None
+    print(evaluate.render_markdown(results))
+    print(f"wrote {args.output}/results.json and results.md")
+    return 0
+
+
+def _add_suite(sub: argparse._SubParsersAction) -> None:
+    suite = sub.add_parser(
+        "suite", help="merge every variant and baseline of a suite YAML, score all on MGSM, rank"
+    )
+    suite.add_argument("suite", help="suite YAML (see recipes/)")
+    suite.add_argument("out", metavar="OUT_DIR", help="merges, results and leaderboard go here")
+    suite.add_argument("--limit", type=int, help="only the first N problems per language")
+    suite.add_argument("--only", nargs="+", metavar="NAME", help="run only these entries")
+    suite.add_argument("--data-dir", help="local MGSM copy (default: $MGSM_DATA_DIR, else Hub)")
+    suite.add_argument("--dry-run", action="store_true", help="print the plan, touch no weights")
+    suite.add_argument("--force", action="store_true", help="redo finished merges and scores")
+    suite.add_argument("--cuda", action="store_true", help="merge on the GPU")
+    suite.set_defaults(handler=_suite)
+
+
+def _suite(args: argparse.Namespace) -> int:
+    from mergekit_layerswap.evaluate import EvalInputError
+    from mergekit_layerswap.suite.runner import run_suite
+    from mergekit_layerswap.suite.schema import SuiteError, load_suite
+
+    try:
+        suite = load_suite(args.suite)
+        run_suite(
+            suite, args.out, only=args.only, limit=args.limit, data_dir=args.data_dir,
+            dry_run=args.dry_run, force=args.force, cuda=args.cuda,
+        )  # fmt: skip
+    except (SuiteError, EvalInputError) as error:
+        raise _problems(args.suite, error) from None
     return 0
 
 

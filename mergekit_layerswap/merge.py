@@ -8,6 +8,7 @@ never leaves a folder that looks like a finished model.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,8 @@ import yaml
 from mergekit_layerswap import validate
 
 MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
+#: Written into the output folder before it is renamed into place (see `run(metadata=...)`).
+METADATA_FILE = "layerswap-merge.json"
 
 
 class OutputError(ValueError):
@@ -33,9 +36,9 @@ def check_output(out_path: str | Path) -> Path:
         raise OutputError(
             f"{out} already holds a model ({', '.join(held)}); choose another folder or delete it"
         )
-    parent = out.resolve().parent
-    if not os.access(parent if parent.exists() else parent.parent, os.W_OK):
-        raise OutputError(f"cannot write to {parent}; choose a writable output folder")
+    existing = next(p for p in out.resolve().parents if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise OutputError(f"cannot write to {existing}; choose a writable output folder")
     return out
 
 
@@ -47,10 +50,13 @@ def run(
     copy_tokenizer: bool = True,
     quiet: bool = False,
     random_seed: int | None = None,
+    metadata: dict | None = None,
 ) -> Path:
     """Merge `raw` (a loaded mergekit config) into `out_path` atomically; returns the folder.
 
     layer_swap configs are validated in full first (ConfigError lists every problem).
+    `metadata`, if given, is written to METADATA_FILE inside the folder before it appears.
+    The saved mergekit_config.yml says how plain `mergekit-yaml` reproduces the merge.
     """
     if raw.get("merge_method") == validate.METHOD:
         validate.plan(raw)
@@ -72,8 +78,14 @@ def run(
         quiet=quiet,
         random_seed=random_seed,
     )
+    seed = f" --random-seed {random_seed}" if random_seed is not None else ""
+    source = f"# reproduce: mergekit-yaml mergekit_config.yml OUT{seed}\n" + yaml.safe_dump(
+        raw, sort_keys=False
+    )
     try:
-        run_merge(config, str(partial), options=options, config_source=yaml.safe_dump(raw))
+        run_merge(config, str(partial), options=options, config_source=source)
+        if metadata is not None:
+            (partial / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
         if out.exists():
             out.rmdir()  # an empty folder the user made for us (check_output saw no model)
         os.replace(partial, out)

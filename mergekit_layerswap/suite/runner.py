@@ -1,0 +1,138 @@
+"""Run a suite: build every merge, score every model on MGSM, write the leaderboard.
+
+Each entry is two steps, merge (merges and sweep variants only) and eval; each step is
+skipped when its key says it already finished (see `store`). `--dry-run` prints the plan.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mergekit_layerswap import merge
+from mergekit_layerswap.evaluate.identity import resolve_model
+from mergekit_layerswap.evaluate.settings import EvalSettings
+from mergekit_layerswap.suite import leaderboard
+from mergekit_layerswap.suite.schema import Entry, Suite
+from mergekit_layerswap.suite.store import Store, digest
+
+#: Settings that do not change a score, left out of the evaluation key.
+_NOT_IN_KEY = {"batch_size", "device", "data_dir", "log_samples"}
+
+
+def _versions() -> dict[str, str]:
+    names = ("mergekit", "mergekit-layerswap", "lm_eval", "transformers", "torch")
+    return {name: importlib.metadata.version(name) for name in names}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One entry's plan: its keys, and whether its merge and eval must run."""
+
+    entry: Entry
+    key: str
+    eval_key: str
+    merge_needed: bool
+    eval_needed: bool
+
+
+def _model_path(entry: Entry, store: Store) -> str:
+    return entry.model if entry.kind == "input" else str(store.merge_dir(entry.name))
+
+
+def entry_key(entry: Entry, versions: dict[str, str]) -> str:
+    """Hash of what decides an entry's weights: its config, its inputs' identity, versions."""
+    if entry.kind == "input":
+        return digest("input", resolve_model(entry.model).fingerprint)
+    references = {m["model"] for m in entry.config.get("models", [])}
+    if entry.config.get("base_model"):
+        references.add(entry.config["base_model"])
+    inputs = {ref: resolve_model(ref.split("+")[0]).fingerprint for ref in sorted(references)}
+    return digest("merge", entry.config, entry.random_seed, inputs, versions)
+
+
+def plan(suite: Suite, store: Store, settings: EvalSettings, entries, force: bool) -> list[Step]:
+    """Decide, from keys alone, which merges and evaluations must run."""
+    versions = _versions()
+    score_settings = {k: v for k, v in asdict(settings).items() if k not in _NOT_IN_KEY}
+    steps = []
+    for entry in entries:
+        key = entry_key(entry, versions)
+        eval_key = digest(key, score_settings, versions)
+        scored = not force and store.result(entry.name, key, eval_key) is not None
+        merge_needed = (
+            entry.kind != "input"
+            and not scored
+            and (force or not store.merge_done(entry.name, key))
+        )
+        steps.append(Step(entry, key, eval_key, merge_needed, not scored))
+    return steps
+
+
+def describe(steps: list[Step]) -> list[str]:
+    """The plan in words, one line per entry (for --dry-run)."""
+    lines = []
+    for step in steps:
+        merge_state = (
+            "-" if step.entry.kind == "input" else ("to run" if step.merge_needed else "cached")
+        )
+        eval_state = "to run" if step.eval_needed else "cached"
+        lines.append(
+            f"{step.entry.name:<28} {step.entry.kind:<6} {step.entry.method:<14} "
+            f"merge: {merge_state:<7} eval: {eval_state}"
+        )
+    return lines
+
+
+def run_suite(
+    suite: Suite,
+    out_dir: str | Path,
+    *,
+    only: list[str] | None = None,
+    limit: int | None = None,
+    data_dir: str | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    cuda: bool = False,
+) -> list[dict]:
+    """Merge, score and rank; returns the leaderboard rows (empty on a dry run)."""
+    from mergekit_layerswap.evaluate.run import evaluate_models
+
+    store = Store(Path(out_dir))
+    settings = suite.evaluation.settings(limit=limit, data_dir=data_dir)
+    steps = plan(suite, store, settings, suite.select(only), force)
+    if dry_run:
+        print("\n".join(describe(steps)))
+        return []
+    merges = [s for s in steps if s.merge_needed]
+    evals = [s for s in steps if s.eval_needed]
+    for index, step in enumerate(merges, 1):
+        print(f"merge {index}/{len(merges)} {step.entry.name}", flush=True)
+        store.clear_merge(step.entry.name)
+        merge.run(
+            step.entry.config,
+            store.merge_dir(step.entry.name),
+            cuda=cuda,
+            random_seed=step.entry.random_seed,
+            metadata={"key": step.key, "name": step.entry.name, "seed": step.entry.random_seed},
+        )
+    for index, step in enumerate(evals, 1):
+        entry = step.entry
+        print(f"eval {index}/{len(evals)} {entry.name}", flush=True)
+        results = evaluate_models(
+            [_model_path(entry, store)], settings, store.eval_dir(entry.name),
+            cache_dir=store.root / "cache",
+        )  # fmt: skip
+        scores = {code: asdict(r) for code, r in results.models[0].languages.items()}
+        store.write_result(
+            step.key, step.eval_key, {"name": entry.name, "kind": entry.kind,
+                                      "method": entry.method, "languages": scores},
+        )  # fmt: skip
+        if entry.kind != "input" and not suite.keep_weights:
+            store.drop_weights(entry.name)
+    records = [store.result(s.entry.name, s.key, s.eval_key) for s in steps]
+    rows = leaderboard.rows([r for r in records if r], list(settings.languages))
+    leaderboard.write(rows, list(settings.languages), store.root)
+    print(leaderboard.markdown(rows, list(settings.languages)))
+    return rows
