@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     # --- subcommands: each adds its parser here and sets `handler` ---
     _add_eval(sub)
     _add_suite(sub)
+    demo = sub.add_parser(
+        "demo", help="tiny local experts -> layer swaps + baselines -> MGSM leaderboard (CPU)"
+    )
+    demo.add_argument("out", metavar="OUT_DIR", help="models, merges and leaderboard go here")
+    demo.add_argument("--limit", type=int, help="MGSM problems per language (default 20)")
+    demo.add_argument("--data-dir", help="local MGSM copy (default: $MGSM_DATA_DIR, else Hub)")
+    demo.set_defaults(handler=_demo)
     return parser
 
 
@@ -160,6 +167,17 @@ def _suite(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except (SuiteError, EvalInputError) as error:
         raise _problems(args.suite, error) from None
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mergekit_layerswap.demo import run_demo
+    from mergekit_layerswap.evaluate import EvalInputError
+
+    try:
+        run_demo(args.out, limit=args.limit, data_dir=args.data_dir)
+    except EvalInputError as error:
+        raise UsageError(str(error)) from None
     return 0
 
 

@@ -72,6 +72,11 @@ def plot(table: list[dict], languages: list[str], path: Path) -> None:
         values = [100 * row["exact_match"][c] for c in languages] + [100 * row["average"]]
         positions = [j + (i - (len(table) - 1) / 2) * width for j in range(len(columns))]
         axes.bar(positions, values, width, label=row["name"])
+    top = max(
+        [100 * row["average"] for row in table]
+        + [100 * v for row in table for v in row["exact_match"].values()]
+    )
+    axes.set_ylim(0, max(5.0, 1.15 * top))
     axes.set_xticks(range(len(columns)), columns)
     axes.set_ylabel("MGSM exact match (%)")
     axes.set_title("MGSM by language")

@@ -7,6 +7,7 @@ fix, before anything is merged or evaluated.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import itertools
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator
 
-from mergekit_layerswap import validate
+from mergekit_layerswap import checkpoint, validate
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.evaluate.tasks import EvalInputError
 
@@ -136,7 +137,10 @@ def _resolve(value: Any, aliases: dict[str, str], where: str, problems: list[str
         )
         problems.append(f"{where}: {name!r} is not a model alias; {hint}")
         return value
-    return aliases[name] + (plus + lora if plus else "")
+    target = aliases[name]
+    if checkpoint.looks_local(target):  # absolute, so saved configs work from any folder
+        target = str(Path(target).expanduser().resolve())
+    return target + (plus + lora if plus else "")
 
 
 def _merge_entry(
@@ -148,7 +152,7 @@ def _merge_entry(
         return None
     name = raw["name"]
     where = f"merges[{index}] ({name})"
-    config = {k: v for k, v in raw.items() if k != "name"}
+    config = copy.deepcopy({k: v for k, v in raw.items() if k != "name"})
     for key in sorted(set(config) - validate.MERGEKIT_KEYS):
         guess = difflib.get_close_matches(key, sorted(validate.MERGEKIT_KEYS), n=1)
         hint = f"did you mean {guess[0]!r}?" if guess else "remove it"

@@ -1,0 +1,193 @@
+"""The suite: merges + sweep + inputs, scored on MGSM, ranked; resumable; validated first."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from mergekit_layerswap import cli
+from mergekit_layerswap.suite.schema import SuiteError, parse_suite
+
+pytestmark = pytest.mark.slow
+MERGEKIT_YAML = Path(sys.executable).with_name("mergekit-yaml")
+
+
+@pytest.fixture(scope="module")
+def aliases(make_model) -> dict[str, str]:
+    return {
+        "base": str(make_model("llama", 6, seed=10)),
+        "math": str(make_model("llama", 6, seed=11)),
+        "swahili": str(make_model("llama", 6, seed=12)),
+    }
+
+
+def suite_raw(aliases, **changes) -> dict:
+    raw = {
+        "models": dict(aliases),
+        "evaluate_inputs": ["math"],
+        "merges": [
+            {
+                "name": "swap",
+                "merge_method": "layer_swap",
+                "base_model": "math",
+                "models": [{"model": "math"}, {"model": "swahili", "parameters": {"bottom": 2}}],
+                "parameters": {"transition": 1},
+            },
+            {
+                "name": "dare",
+                "merge_method": "dare_ties",
+                "base_model": "base",
+                "models": [
+                    {"model": "math", "parameters": {"weight": 1.0, "density": 0.5}},
+                    {"model": "swahili", "parameters": {"weight": 1.0, "density": 0.5}},
+                ],
+            },
+        ],
+        "sweep": {"base_model": "math", "donor": "swahili", "top": [1, 2], "transition": [0]},
+        "evaluation": {"languages": ["sw", "en"], "limit": 2, "max_gen_toks": 16},
+    }
+    raw.update(changes)
+    return raw
+
+
+def run_suite_cli(tmp_path: Path, raw: dict, out: Path, *flags: str, capsys) -> tuple[int, str]:
+    path = tmp_path / "suite.yml"
+    path.write_text(yaml.safe_dump(raw))
+    code = cli.main(["suite", str(path), str(out), *flags])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def steps_run(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith(("merge ", "eval "))]
+
+
+def tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_suite_end_to_end_then_nothing_reruns(aliases, mgsm_hf_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    raw = suite_raw(aliases)
+    raw["evaluation"]["data_dir"] = str(mgsm_hf_dir)
+    code, text = run_suite_cli(tmp_path, raw, out, capsys=capsys)
+    assert code == 0, text
+    names = ["math", "swap", "dare", "swap-t1-tr0", "swap-t2-tr0"]
+    assert steps_run(text) == [f"merge {i}/4 {n}" for i, n in enumerate(names[1:], 1)] + [
+        f"eval {i}/5 {n}" for i, n in enumerate(names, 1)
+    ]
+
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert sorted(row["name"] for row in board) == sorted(names)
+    kinds = {row["name"]: (row["kind"], row["method"]) for row in board}
+    assert kinds["math"] == ("input", "-") and kinds["swap"] == ("merge", "layer_swap")
+    assert kinds["dare"] == ("merge", "dare_ties") and kinds["swap-t2-tr0"][0] == "sweep"
+    for row in board:
+        record = json.loads((out / "results" / f"{row['name']}.json").read_text())
+        assert set(row["exact_match"]) == {"sw", "en"}
+        for code_ in ("sw", "en"):
+            assert row["exact_match"][code_] == record["languages"][code_]["exact_match"]
+            assert record["languages"][code_]["n"] == 2
+        assert row["average"] == pytest.approx(sum(row["exact_match"].values()) / 2)
+    assert [r["average"] for r in board] == sorted((r["average"] for r in board), reverse=True)
+    with (out / "leaderboard.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["name"] for r in table] == [r["name"] for r in board]
+    assert float(table[0]["sw"]) == pytest.approx(board[0]["exact_match"]["sw"])
+    markdown = (out / "leaderboard.md").read_text()
+    assert "| model | kind | method | sw | en | average |" in markdown and "**" in markdown
+    assert (out / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the saved config reproduces the merge with plain mergekit-yaml (DARE: with its seed)
+    saved = (out / "merges" / "dare" / "mergekit_config.yml").read_text()
+    assert saved.startswith("# reproduce: mergekit-yaml mergekit_config.yml OUT --random-seed 0")
+    again = tmp_path / "again"
+    subprocess.run(
+        [str(MERGEKIT_YAML), str(out / "merges" / "dare" / "mergekit_config.yml"), str(again),
+         "--random-seed", "0"], check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    mine, theirs = tensors(out / "merges" / "dare"), tensors(again)
+    assert all(torch.equal(mine[name], theirs[name]) for name in mine)
+
+    code, text = run_suite_cli(tmp_path, raw, out, capsys=capsys)
+    assert code == 0 and steps_run(text) == []
+    code, text = run_suite_cli(tmp_path, raw, out, "--dry-run", capsys=capsys)
+    assert text.count("eval: cached") == 5 and "to run" not in text
+    code, text = run_suite_cli(tmp_path, raw, out, "--only", "swap", "--force", capsys=capsys)
+    assert steps_run(text) == ["merge 1/1 swap", "eval 1/1 swap"]
+
+
+def test_interrupted_suite_resumes_without_redoing_finished_work(aliases, mgsm_hf_dir, tmp_path):
+    out = tmp_path / "out"
+    raw = suite_raw(aliases, keep_weights=False)
+    raw["evaluation"]["data_dir"] = str(mgsm_hf_dir)
+    path = tmp_path / "suite.yml"
+    path.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "mergekit_layerswap.cli", "suite", str(path), str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not (out / "results" / "swap.json").exists():  # two merges done, evals under way
+        assert process.poll() is None and time.time() < deadline, "suite ended before the kill"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = {p.stem: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
+    assert "swap" in finished and "math" in finished
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    done = steps_run(result.stdout)
+    assert not any(line.endswith((" swap", " math")) for line in done), done
+    for name, mtime in finished.items():
+        assert (out / "results" / f"{name}.json").stat().st_mtime_ns == mtime
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert len(board) == 5
+    # keep_weights: false — scored merges keep their config and marker, not their weights
+    for name in ("swap", "dare", "swap-t1-tr0", "swap-t2-tr0"):
+        folder = out / "merges" / name
+        assert (folder / "mergekit_config.yml").is_file()
+        assert not list(folder.glob("*.safetensors"))
+    assert not list((out / "merges").glob(".*partial*"))
+
+
+BAD = [
+    (lambda r: {**r, "evaluation": {"languages": ["sw"], "temperature": 0}},
+     "evaluation.temperature: unknown key"),
+    (lambda r: {**r, "evaluate_inputs": ["maths"]},
+     "'maths' is not a model alias; did you mean 'math'"),
+    (lambda r: {**r, "merges": r["merges"] + [r["merges"][0]]}, "swap: name used twice"),
+    (lambda r: {**r, "sweep": {**r["sweep"], "top": [7]}},
+     "swap-t7-tr0: models[1].parameters.top: top=7 exceeds the model's 6 layers"),
+    (lambda r: {**r, "merges": [{**r["merges"][1], "merge_method": "dare_tie"}]},
+     "dare: merge_method/config: Unimplemented merge method dare_tie"),
+    (lambda r: {**r, "merges": [{**r["merges"][0], "paramters": {}}]},
+     "merges[0] (swap).paramters: not a mergekit config key; did you mean 'parameters'"),
+    (lambda r: {**r, "evaluation": {"languages": ["xx"]}}, "evaluation: "),
+    (lambda r: {**r, "extra": 1}, "extra: unknown key"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "message"), BAD, ids=[m for _, m in BAD])
+def test_invalid_suites_are_refused_before_anything_runs(
+    aliases, tmp_path, capsys, change, message
+):
+    raw = change(suite_raw(aliases))
+    with pytest.raises(SuiteError) as error:
+        parse_suite(raw)
+    assert any(message in problem for problem in error.value.problems), error.value.problems
+    out = tmp_path / "out"
+    code, text = run_suite_cli(tmp_path, raw, out, capsys=capsys)
+    assert code == 2 and message in text
+    assert not out.exists()
