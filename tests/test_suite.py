@@ -191,3 +191,20 @@ def test_invalid_suites_are_refused_before_anything_runs(
     code, text = run_suite_cli(tmp_path, raw, out, capsys=capsys)
     assert code == 2 and message in text
     assert not out.exists()
+
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted(p.name for p in RECIPES.glob("*.yml") if p.name != "layerswap.yml")
+)
+def test_suite_recipes_are_valid(recipe, make_model):
+    """Every suite recipe validates once its model ids point at models of the right depth."""
+    raw = yaml.safe_load((RECIPES / recipe).read_text())
+    arch, depth = ("qwen3", 36) if "qwen3" in recipe else ("llama", 32 if "llama" in recipe else 8)
+    raw["models"] = {
+        alias: str(make_model(arch, depth, seed=20 + i)) for i, alias in enumerate(raw["models"])
+    }
+    suite = parse_suite(raw)
+    assert suite.entries and all(e.config or e.model for e in suite.entries)
