@@ -9,6 +9,7 @@ bit), a transition layer is blended in float32 and cast back to the inputs' dtyp
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Hashable
 from typing import Literal
@@ -25,6 +26,7 @@ from mergekit.merge_methods import (
 from pydantic import NonNegativeInt, PositiveInt
 
 from mergekit_layerswap import checkpoint, swap, validate
+from mergekit_layerswap.plan import compile_slices
 
 PAPER_URL = "https://arxiv.org/abs/2410.01335"
 
@@ -41,11 +43,25 @@ def _layer_count(group: TensorGroup, num_layers: int | None) -> int:
     )
 
 
+def _rule_weights(group: TensorGroup, num_layers: int | None, **parameters) -> dict:
+    """{input id: weight} for this tensor, from the swap rule and the per-donor claims."""
+    bottom, top, layers = (parameters.pop(name) for name in ("bottom", "top", "layers"))
+    config = swap.SwapConfig(
+        host=group.base.id,
+        claims=tuple(
+            swap.Claim(e.id, bottom[e.id], top[e.id], layers[e.id]) for e in group.non_base
+        ),
+        **parameters,
+    )
+    position = checkpoint.tensor_position(group.metadata.name or "")
+    return dict(swap.tensor_weights(position, _layer_count(group, num_layers), config))
+
+
 @merge_method(
     name="layer_swap",
     pretty_name="Layer Swapping",
     reference_url=PAPER_URL,
-    contract=InputContract(base=BasePolicy.REQUIRED, min_inputs=2, min_non_base=1),
+    contract=InputContract(base=BasePolicy.REQUIRED),
     uses_accelerator=False,
 )
 def layer_swap(
@@ -57,26 +73,52 @@ def layer_swap(
     embed_source: Literal["auto", "base"] = "auto",
     head_source: Literal["auto", "base"] = "auto",
     num_layers: PositiveInt | None = None,
+    slice_weights: str = "",
 ) -> torch.Tensor:
-    host = group.base
-    config = swap.SwapConfig(
-        host=host.id,
-        claims=tuple(
-            swap.Claim(e.id, bottom[e.id], top[e.id], layers[e.id]) for e in group.non_base
-        ),
-        transition=transition,
-        embed_source=embed_source,
-        head_source=head_source,
-    )
-    position = checkpoint.tensor_position(group.metadata.name or "")
-    weights = swap.tensor_weights(position, _layer_count(group, num_layers), config)
+    if slice_weights:  # a slice compiled by plan.compile_slices: its sources are its weights
+        by_name = {str(e.id): e.id for e in group.entries}
+        weights = {by_name[name]: w for name, w in json.loads(slice_weights).items()}
+    else:
+        weights = _rule_weights(
+            group, num_layers, bottom=bottom, top=top, layers=layers, transition=transition,
+            embed_source=embed_source, head_source=head_source,
+        )  # fmt: skip
     tensors: dict[Hashable, torch.Tensor] = {e.id: e.tensor for e in group.entries}
     if len(weights) == 1:
         return tensors[next(iter(weights))]
-    blend = torch.zeros_like(host.tensor, dtype=torch.float32)
+    first = tensors[next(iter(weights))]
+    blend = torch.zeros_like(first, dtype=torch.float32)
     for source, weight in weights.items():
         blend.add_(tensors[source].to(torch.float32), alpha=weight)
-    return blend.to(host.tensor.dtype)
+    return blend.to(first.dtype)
+
+
+def compile_config(config, plan: validate.LayerSwapPlan) -> None:
+    """Rewrite a `models:` layer_swap config into minimal-read slices, in place.
+
+    Each slice lists only the models its layers use (`slice_weights` says how much of
+    each); a slice without the host names its own donor as base_model, as mergekit's input
+    contract wants a base in every slice.
+    """
+    from mergekit.config import InputSliceDefinition, OutputSliceDefinition
+
+    references = {str(m.model): m.model for m in config.models}
+    references.setdefault(str(config.base_model), config.base_model)
+    slices = []
+    for spec in compile_slices(plan.swap, plan.num_layers):
+        sources = [
+            InputSliceDefinition(model=references[name], layer_range=(spec.start, spec.end))
+            for name in spec.weights
+        ]
+        base = plan.host if plan.host in spec.weights else next(iter(spec.weights))
+        slices.append(
+            OutputSliceDefinition(
+                sources=sources,
+                base_model=references[base],
+                parameters={"slice_weights": json.dumps(spec.weights)},
+            )
+        )
+    config.slices, config.models = slices, None
 
 
 def register() -> None:
@@ -108,11 +150,12 @@ def _exit_on_config_error(hook):
 
 
 def guard_planner(plan_module) -> None:
-    """Check every layer_swap config when mergekit's planner starts, before any tensor is read.
+    """Check and compile every layer_swap config when mergekit's planner starts.
 
     mergekit silently ignores unknown parameter names and checks nothing across donors;
     `MergePlanner.normalize_config` is the first call that sees the whole configuration, so
-    the check runs there (pinned by tests/test_registration.py).
+    the check runs there, before any tensor is read, and a valid `models:` config is then
+    compiled into minimal-read slices (pinned by tests/test_registration.py).
     """
     planner = plan_module.MergePlanner
     original = planner.normalize_config
@@ -123,11 +166,12 @@ def guard_planner(plan_module) -> None:
     def normalize_config(self):
         if self.config.merge_method == layer_swap.spec.name:
             raw = self.config.model_dump(mode="json", exclude_none=True)
-            problems = validate.check(raw)
+            plan, problems = validate.check_plan(raw)
             if problems:
                 if not getattr(sys.excepthook, "layerswap", False):
                     sys.excepthook = _exit_on_config_error(sys.excepthook)
                 raise validate.ConfigError(problems)
+            compile_config(self.config, plan)
         return original(self)
 
     normalize_config.layerswap = True

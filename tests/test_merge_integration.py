@@ -160,3 +160,64 @@ def test_in_memory_merge_state_dicts(make_model):
     with pytest.raises(ValueError, match="num_layers"):
         merge_state_dicts({"math": a, "sw": b}, "layer_swap", base="math",
                           parameters={"bottom": {"sw": 1}})  # fmt: skip
+
+
+def test_compiled_slices_equal_the_rule_bit_for_bit(make_model, tmp_path):
+    """The stock CLI (compiled into minimal-read slices) matches the in-memory rule path."""
+    from mergekit.merge_methods import merge_state_dicts
+
+    host, first, second = (make_model("qwen2", 16, seed=s) for s in (4, 5, 6))
+    raw = {
+        "merge_method": "layer_swap",
+        "base_model": str(host),
+        "models": [
+            {"model": str(host)},
+            {"model": str(first), "parameters": {"bottom": 2, "layers": "6-7"}},
+            {"model": str(second), "parameters": {"top": 2}},
+        ],
+        "parameters": {"transition": 2, "head_source": "base"},
+        "dtype": "bfloat16",
+    }
+    out = mergekit_yaml(raw, tmp_path)
+    expected = merge_state_dicts(
+        {"h": tensors(host), "a": tensors(first), "b": tensors(second)},
+        "layer_swap",
+        base="h",
+        parameters={
+            "bottom": {"a": 2, "b": 0}, "top": {"a": 0, "b": 2}, "layers": {"a": "6-7", "b": ""},
+            "transition": 2, "head_source": "base", "num_layers": 16,
+        },
+    )  # fmt: skip
+    merged = tensors(out)
+    assert set(merged) == set(expected)
+    assert all(torch.equal(merged[name], expected[name]) for name in merged)
+
+
+def test_tensors_a_layer_does_not_use_are_never_read(make_model, tmp_path):
+    """Prune the donor's checkpoint to the layers it gives: the merge must still succeed."""
+    from safetensors.torch import save_file
+
+    host, donor = make_model("llama", 8, seed=1), make_model("llama", 8, seed=2)
+    pruned = tmp_path / "pruned-donor"
+    pruned.mkdir()
+    for path in donor.iterdir():
+        if path.suffix != ".safetensors":
+            (pruned / path.name).write_bytes(path.read_bytes())
+    kept = {
+        name: tensor
+        for name, tensor in tensors(donor).items()
+        if ".layers." not in name or int(name.split(".layers.")[1].split(".")[0]) in (0, 1, 7)
+    }
+    save_file(kept, pruned / "model.safetensors", metadata={"format": "pt"})
+    raw = {
+        "merge_method": "layer_swap",
+        "base_model": str(host),
+        "models": [
+            {"model": str(host)},
+            {"model": str(pruned), "parameters": {"bottom": 2, "top": 1}},
+        ],
+        "dtype": "bfloat16",
+    }
+    out = mergekit_yaml(raw, tmp_path)
+    layer_map = [{D: 1}, {D: 1}, {H: 1}, {H: 1}, {H: 1}, {H: 1}, {H: 1}, {D: 1}]
+    check(out, {H: host, D: donor}, layer_map, {"pre": {D: 1}, "post": {D: 1}})
