@@ -2,7 +2,8 @@
 
 mergekit 0.1.5 has no plugin discovery. This installs an import hook that waits for
 mergekit's own modules: right after `mergekit.merge_methods` finishes importing it registers
-`layer_swap`, and right after `mergekit.plan` it installs the configuration check. Nothing
+`layer_swap`, right after `mergekit.plan` it installs the configuration check, and right
+after `mergekit.merge` it makes layer_swap merges get our model card. Nothing
 (not torch, not mergekit) is imported until a program imports mergekit itself.
 """
 
@@ -21,7 +22,17 @@ def _on_plan(module) -> None:
     guard_planner(module)
 
 
-_WATCHED = {"mergekit.merge_methods": _on_merge_methods, "mergekit.plan": _on_plan}
+def _on_merge(module) -> None:
+    from mergekit_layerswap.method import guard_card
+
+    guard_card(module)
+
+
+_WATCHED = {
+    "mergekit.merge_methods": _on_merge_methods,
+    "mergekit.plan": _on_plan,
+    "mergekit.merge": _on_merge,
+}
 
 
 class _AfterImport:

@@ -47,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--limit", type=int, help="MGSM problems per language (default 20)")
     demo.add_argument("--data-dir", help="local MGSM copy (default: $MGSM_DATA_DIR, else Hub)")
     demo.set_defaults(handler=_demo)
+
+    card = sub.add_parser("card", help="write or refresh the model card of a layer_swap merge")
+    card.add_argument("model", metavar="MODEL_DIR", help="a merged model folder")
+    card.add_argument("--results", help="results.json (or its folder) from `eval` to include")
+    card.set_defaults(handler=_card)
+
+    push = sub.add_parser("push", help="upload a complete merged model to the Hugging Face Hub")
+    push.add_argument("model", metavar="MODEL_DIR", help="a merged model folder")
+    push.add_argument("--repo-id", required=True, help="NAMESPACE/NAME on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument("--revision", help="branch to upload to (created if missing)")
+    push.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
+    push.set_defaults(handler=_push)
     return parser
 
 
@@ -111,9 +124,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     ev.add_argument("--output", required=True, metavar="OUT_DIR", help="results folder")
     ev.add_argument("--cache-dir", help="result cache (default: OUT_DIR/cache)")
-    ev.add_argument(
-        "--log-samples", action="store_true", help="also write per-sample generations"
-    )
+    ev.add_argument("--log-samples", action="store_true", help="also write per-sample generations")
     ev.set_defaults(handler=_eval)
 
 
@@ -178,6 +189,39 @@ def _demo(args: argparse.Namespace) -> int:
         run_demo(args.out, limit=args.limit, data_dir=args.data_dir)
     except EvalInputError as error:
         raise UsageError(str(error)) from None
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    from mergekit_layerswap import card
+    from mergekit_layerswap.evaluate import read_results
+
+    try:
+        results = read_results(args.results) if args.results else None
+        path = card.write_card(args.model, results)
+    except (OSError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {path}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from mergekit_layerswap import hub
+
+    try:
+        upload = hub.push(
+            args.model, args.repo_id, private=args.private, revision=args.revision,
+            dry_run=args.dry_run,
+        )  # fmt: skip
+    except hub.PushError as error:
+        raise UsageError(str(error)) from None
+    for path, size in upload.files:
+        print(f"  {size / 1e6:10.1f} MB  {path}")
+    total = f"{len(upload.files)} files, {upload.total_bytes / 1e9:.2f} GB"
+    if args.dry_run:
+        print(f"dry run: would upload {total} to {upload.repo_id}")
+    else:
+        print(f"uploaded {total} to {upload.repo_id}: {upload.url}")
     return 0
 
 

@@ -15,6 +15,7 @@ from collections.abc import Hashable
 from typing import Literal
 
 import torch
+import yaml
 from mergekit.common import ModelReference
 from mergekit.merge_methods import (
     BasePolicy,
@@ -176,3 +177,26 @@ def guard_planner(plan_module) -> None:
 
     normalize_config.layerswap = True
     planner.normalize_config = normalize_config
+
+
+def guard_card(merge_module) -> None:
+    """Give layer_swap outputs our model card (layer map, sources, citation) instead of
+    mergekit's generic one; `run_merge` calls `mergekit.merge.generate_card` (pinned by
+    tests/test_registration.py)."""
+    original = merge_module.generate_card
+    if getattr(original, "layerswap", False):
+        return
+
+    @functools.wraps(original)
+    def generate_card(config, config_yaml, name, *args, **kwargs):
+        if config.merge_method != layer_swap.spec.name:
+            return original(config, config_yaml, name, *args, **kwargs)
+        from mergekit_layerswap import card
+
+        raw = yaml.safe_load(config_yaml)
+        host = validate.reference(raw["base_model"])
+        layers = checkpoint.model_info(host).num_layers
+        return card.render(raw, config_yaml, name=name, num_layers=layers)
+
+    generate_card.layerswap = True
+    merge_module.generate_card = generate_card

@@ -281,6 +281,20 @@ def _describe(weights: swap.LayerWeights) -> str:
     )
 
 
+def swap_config(raw: dict) -> swap.SwapConfig:
+    """The swap rule's configuration of a layer_swap config, reading no model (e.g. to
+    describe a finished merge). Assumes the config passed `check` when it was merged."""
+    host = reference(raw["base_model"])
+    claims = []
+    for entry in raw["models"]:
+        ref = reference(entry.get("model"))
+        if ref != host:
+            donor = DonorParameters.model_validate(entry.get("parameters") or {})
+            claims.append(swap.Claim(ref, **donor.model_dump()))
+    shared = SwapParameters.model_validate(raw.get("parameters") or {})
+    return swap.SwapConfig(host, tuple(claims), **shared.model_dump())
+
+
 def check(raw: dict) -> list[str]:
     """Every problem with a loaded layer_swap config, one line each (empty if valid)."""
     return check_plan(raw)[1]

@@ -10,12 +10,12 @@ import importlib.metadata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mergekit_layerswap import merge
+from mergekit_layerswap import card, hub, merge, validate
 from mergekit_layerswap.evaluate.identity import resolve_model
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.suite import leaderboard
 from mergekit_layerswap.suite.schema import Entry, Suite
-from mergekit_layerswap.suite.store import Store, digest
+from mergekit_layerswap.suite.store import Store, digest, read_json, write_json
 
 #: Settings that do not change a score, left out of the evaluation key.
 _NOT_IN_KEY = {"batch_size", "device", "data_dir", "log_samples"}
@@ -85,6 +85,20 @@ def describe(steps: list[Step]) -> list[str]:
     return lines
 
 
+def _publish(store: Store, step: Step, suite: Suite) -> None:
+    """Upload a scored merge once per key (a rerun does not upload it again)."""
+    marker = store.merge_dir(step.entry.name) / ".layerswap-pushed.json"
+    repo_id = f"{suite.push.namespace}/{step.entry.name}"
+    if (read_json(marker) or {}).get("key") == step.key:
+        print(f"push {repo_id}: already uploaded", flush=True)
+        return
+    print(f"push {repo_id}", flush=True)
+    upload = hub.push(store.merge_dir(step.entry.name), repo_id, private=suite.push.private)
+    write_json(marker, {"key": step.key, "repo_id": repo_id, "url": upload.url})
+    if not suite.keep_weights:
+        store.drop_weights(step.entry.name)
+
+
 def run_suite(
     suite: Suite,
     out_dir: str | Path,
@@ -105,6 +119,7 @@ def run_suite(
     if dry_run:
         print("\n".join(describe(steps)))
         return []
+    pushed = set(suite.push.merges) if suite.push else set()
     merges = [s for s in steps if s.merge_needed]
     evals = [s for s in steps if s.eval_needed]
     for index, step in enumerate(merges, 1):
@@ -129,8 +144,13 @@ def run_suite(
             step.key, step.eval_key, {"name": entry.name, "kind": entry.kind,
                                       "method": entry.method, "languages": scores},
         )  # fmt: skip
-        if entry.kind != "input" and not suite.keep_weights:
+        if entry.method == validate.METHOD:
+            card.write_card(store.merge_dir(entry.name), results)
+        if entry.kind != "input" and not suite.keep_weights and entry.name not in pushed:
             store.drop_weights(entry.name)
+    for step in steps:
+        if step.entry.name in pushed:
+            _publish(store, step, suite)
     records = [store.result(s.entry.name, s.key, s.eval_key) for s in steps]
     rows = leaderboard.rows([r for r in records if r], list(settings.languages))
     leaderboard.write(rows, list(settings.languages), store.root)

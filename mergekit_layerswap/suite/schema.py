@@ -74,6 +74,14 @@ class Evaluation(_Strict):
         return EvalSettings(**values)
 
 
+class Push(_Strict):
+    """Publish chosen merges to the Hub once they are scored (as NAMESPACE/NAME)."""
+
+    namespace: str
+    merges: list[str]
+    private: bool = True
+
+
 class SuiteFile(_Strict):
     models: dict[str, str]
     evaluate_inputs: list[str] = Field(default_factory=list)
@@ -82,6 +90,7 @@ class SuiteFile(_Strict):
     evaluation: Evaluation = Field(default_factory=Evaluation)
     keep_weights: bool = True
     seed: int = 0
+    push: Push | None = None
 
     @field_validator("models")
     @classmethod
@@ -109,6 +118,7 @@ class Suite:
     evaluation: Evaluation
     keep_weights: bool
     aliases: dict[str, str]
+    push: Push | None = None
 
     def select(self, names: list[str] | None) -> tuple[Entry, ...]:
         """The entries named by `--only` (all when None); unknown names are a SuiteError."""
@@ -269,9 +279,13 @@ def parse_suite(raw: Any) -> Suite:
         problems.append(f"evaluation: {error}")
     if not entries:
         problems.append("nothing to do: add evaluate_inputs, merges or a sweep")
+    merged = {e.name for e in entries if e.kind != "input"}
+    for name in spec.push.merges if spec.push else []:
+        if name not in merged:
+            problems.append(f"push.merges: {name!r} is not a merge of this suite")
     if problems:
         raise SuiteError(problems)
-    return Suite(tuple(entries), spec.evaluation, spec.keep_weights, dict(spec.models))
+    return Suite(tuple(entries), spec.evaluation, spec.keep_weights, dict(spec.models), spec.push)
 
 
 def load_suite(path: str | Path) -> Suite:

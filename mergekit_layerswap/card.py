@@ -1,0 +1,216 @@
+"""Model cards for layer_swap merges: what was swapped, where it came from, how it scored.
+
+The front matter is built with huggingface_hub's own `ModelCardData`/`EvalResult`, so the
+Hub's parser accepts it (`model-index` carries the MGSM scores when the model was scored).
+The body holds a compact layer map, the sources of the embeddings and head, the exact
+mergekit config, the MGSM table, how to reproduce it, and the paper's citation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from mergekit_layerswap import checkpoint, swap, validate
+from mergekit_layerswap.evaluate.results import EvalResults, ModelResult
+from mergekit_layerswap.evaluate.tasks import HEADLINE_FILTER
+from mergekit_layerswap.plan import compile_slices
+
+CONFIG_FILE = "mergekit_config.yml"
+CARD_FILE = "README.md"
+PAPER = "https://arxiv.org/abs/2410.01335"
+CITATION = """@inproceedings{bandarkar2025layerswapping,
+  title     = {Layer Swapping for Zero-Shot Cross-Lingual Transfer in Large Language Models},
+  author    = {Bandarkar, Lucas and others},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2025},
+  url       = {https://arxiv.org/abs/2410.01335}
+}"""
+MGSM_CITATION = (
+    "MGSM: Shi et al., *Language Models are Multilingual Chain-of-Thought Reasoners* (2022); "
+    "GSM8K: Cobbe et al. (2021)."
+)
+
+
+def _label(source: str, host: str) -> str:
+    return f"`{source}`" + (" (host)" if source == host else "")
+
+
+def _share(weights: dict, host: str) -> str:
+    if len(weights) == 1:
+        return _label(next(iter(weights)), host)
+    return " + ".join(f"{w:.3g} × {_label(s, host)}" for s, w in weights.items())
+
+
+def layer_map(config: swap.SwapConfig, num_layers: int) -> list[tuple[str, str]]:
+    """(layers, source) rows: runs of layers with the same sources, plus embeddings/head."""
+    slices = compile_slices(config, num_layers)
+    rows = [("embeddings", _share(slices[0].weights, config.host))]
+    for spec in slices[1:-1]:
+        span = f"{spec.start}" if spec.end - spec.start == 1 else f"{spec.start}–{spec.end - 1}"
+        rows.append((span, _share(spec.weights, config.host)))
+    rows.append(("final norm + lm_head", _share(slices[-1].weights, config.host)))
+    return rows
+
+
+def _hub_ids(references: list[str]) -> list[str]:
+    """Only Hub ids belong in `base_model` (local paths mean nothing on the Hub)."""
+    ids = [checkpoint.split_reference(r)[0] for r in references]
+    return [i for i in ids if not checkpoint.looks_local(i)]
+
+
+def _model_result(results: EvalResults | None, model_dir: Path | None) -> ModelResult | None:
+    if results is None or not results.models:
+        return None
+    if model_dir is not None:
+        where = str(model_dir.resolve())
+        for model in results.models:
+            if model.identity.location == where:
+                return model
+    if len(results.models) == 1:
+        return results.models[0]
+    raise ValueError(f"results hold {len(results.models)} models and none is {model_dir}")
+
+
+def _front_matter(name: str, raw: dict, results: EvalResults | None, scored: ModelResult | None):
+    from huggingface_hub import EvalResult, ModelCardData
+
+    references = [validate.reference(e.get("model")) for e in raw.get("models", [])]
+    eval_results = None
+    if scored is not None:
+        settings = results.settings
+        eval_results = [
+            EvalResult(
+                task_type="text-generation",
+                task_name="Multilingual grade-school math",
+                dataset_type="juletxara/mgsm",
+                dataset_name=f"MGSM ({code})",
+                dataset_config=code,
+                dataset_split="test",
+                metric_type="exact_match",
+                metric_value=result.exact_match,  # a fraction, as in results.json
+                metric_name=(
+                    f"exact_match ({HEADLINE_FILTER}, {settings.mode}, {settings.num_fewshot}-shot)"
+                ),
+                source_name=f"lm-evaluation-harness {results.versions.get('lm_eval', '')}".strip(),
+                source_url="https://github.com/EleutherAI/lm-evaluation-harness",
+            )
+            for code, result in scored.languages.items()
+        ]
+    return ModelCardData(
+        model_name=name,
+        base_model=_hub_ids([r for r in references if r]) or None,
+        library_name="transformers",
+        tags=["merge", "mergekit", "layer-swap"],
+        language=list(scored.languages) if scored is not None else None,
+        eval_results=eval_results,
+    )
+
+
+def _scores_section(results: EvalResults, scored: ModelResult) -> list[str]:
+    settings = results.settings
+    lines = [
+        "## MGSM",
+        "",
+        f"lm-evaluation-harness {results.versions.get('lm_eval', '?')}, tasks "
+        f"`mgsm_{settings.mode}_*`, {settings.num_fewshot}-shot"
+        + (f", first {settings.limit} problems per language" if settings.limit else "")
+        + f"; exact match with the `{HEADLINE_FILTER}` filter (%).",
+        "",
+        "| language | exact match | ± stderr | n |",
+        "|---|---:|---:|---:|",
+    ]
+    for code, result in scored.languages.items():
+        stderr = (
+            "–" if result.exact_match_stderr is None else f"{100 * result.exact_match_stderr:.1f}"
+        )
+        lines.append(f"| {code} | {100 * result.exact_match:.1f} | {stderr} | {result.n} |")
+    lines.append(f"| **average** | **{100 * scored.average:.1f}** | | |")
+    return [*lines, ""]
+
+
+def render(
+    raw: dict,
+    config_text: str,
+    *,
+    name: str,
+    num_layers: int,
+    results: EvalResults | None = None,
+    model_dir: Path | None = None,
+) -> str:
+    """The card of a layer_swap merge (`raw` = its mergekit config, as loaded)."""
+    config = validate.swap_config(raw)
+    scored = _model_result(results, model_dir)
+    data = _front_matter(name, raw, results, scored)
+    body = [
+        f"# {name}",
+        "",
+        f"A [layer swapping]({PAPER}) merge (Bandarkar et al., ICLR 2025) made with "
+        "[mergekit](https://github.com/arcee-ai/mergekit) and mergekit-layerswap: the host "
+        f"`{config.host}` keeps its layers except those its donors replace; transition layers "
+        "are weighted averages of the two.",
+        "",
+        f"## Layer map ({num_layers} layers)",
+        "",
+        "| layers | source |",
+        "|---|---|",
+        *(f"| {span} | {source} |" for span, source in layer_map(config, num_layers)),
+        "",
+        f"Transition width: {config.transition}. Embeddings follow "
+        + ("the host" if config.embed_source == "base" else "layer 0")
+        + "; the final norm and lm_head follow "
+        + ("the host." if config.head_source == "base" else "the last layer."),
+        "",
+    ]
+    if scored is not None:
+        body += _scores_section(results, scored)
+    seed = config_text.splitlines()[0] if config_text.startswith("# reproduce:") else ""
+    command = seed.removeprefix("# reproduce: ") or f"mergekit-yaml {CONFIG_FILE} OUT"
+    body += [
+        "## Configuration",
+        "",
+        "```yaml",
+        config_text.strip(),
+        "```",
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        "pip install mergekit-layerswap   # registers merge_method: layer_swap with mergekit",
+        command,
+    ]
+    if scored is not None:
+        s = results.settings
+        body.append(
+            f"mergekit-layerswap eval OUT --languages {','.join(scored.languages)} "
+            f"--mode {s.mode} --num-fewshot {s.num_fewshot}"
+            + (f" --limit {s.limit}" if s.limit else "")
+            + " --output results/"
+        )
+    body += ["```", "", "## Citation", "", "```bibtex", CITATION, "```", "", MGSM_CITATION, ""]
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
+
+
+def read_config(model_dir: Path) -> tuple[dict, str]:
+    """The mergekit config saved beside a merged model (ValueError if absent or not ours)."""
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{model_dir} has no {CONFIG_FILE}: is it a mergekit output folder?")
+    text = path.read_text(encoding="utf-8")
+    raw = yaml.safe_load(text)
+    if not isinstance(raw, dict) or raw.get("merge_method") != validate.METHOD:
+        raise ValueError(f"{path} is not a layer_swap config; this card describes layer swaps")
+    return raw, text
+
+
+def write_card(model_dir: str | Path, results: EvalResults | None = None) -> Path:
+    """Write (or refresh) MODEL_DIR/README.md from its saved config and optional results."""
+    model_dir = Path(model_dir)
+    raw, text = read_config(model_dir)
+    num_layers = checkpoint.model_info(str(model_dir.resolve())).num_layers
+    card = render(raw, text, name=model_dir.resolve().name, num_layers=num_layers,
+                  results=results, model_dir=model_dir)  # fmt: skip
+    path = model_dir / CARD_FILE
+    path.write_text(card, encoding="utf-8")
+    return path

@@ -1,0 +1,88 @@
+"""Model identity: what a cached score belongs to, computed cheaply.
+
+A local directory is fingerprinted by its files: small ones (configs, tokenizer files, tiny
+weights) by content, large ones (weight shards) by size, mtime and their first MiB, which holds
+the safetensors header. A Hub id is pinned to the commit its revision resolves to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .tasks import EvalInputError
+
+#: Files up to this size are hashed in full.
+_SMALL_FILE = 16 << 20
+#: Of larger files, this many leading bytes are hashed (with size and mtime).
+_HEAD = 1 << 20
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """A model as given on the command line, where it lives, and its fingerprint."""
+
+    model: str
+    source: str  # "local" or "hub"
+    location: str  # absolute directory, or Hub id
+    revision: str | None  # Hub commit; None for a local directory
+    fingerprint: str  # sha256 hex
+
+    @property
+    def slug(self) -> str:
+        """A short file-name-safe label, unique per fingerprint."""
+        return f"{Path(self.location).name}-{self.fingerprint[:10]}"
+
+
+def fingerprint_dir(directory: Path) -> str:
+    """sha256 over the directory's top-level files (hidden files and *.md excluded)."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.suffix == ".md":
+            continue
+        stat = path.stat()
+        digest.update(f"{path.name}\0{stat.st_size}\0".encode())
+        with path.open("rb") as handle:
+            if stat.st_size <= _SMALL_FILE:
+                digest.update(handle.read())
+            else:
+                digest.update(f"{stat.st_mtime_ns}\0".encode())
+                digest.update(handle.read(_HEAD))
+    return digest.hexdigest()
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith(("/", ".", "~")) or not _HUB_ID.match(model)
+
+
+def resolve_model(model: str) -> ModelIdentity:
+    """Identify a local model directory or a Hub id; raise EvalInputError if it is neither."""
+    path = Path(model).expanduser()
+    if path.is_dir() or _looks_like_path(model):
+        if not path.is_dir():
+            raise EvalInputError(f"model directory not found: {model}")
+        if not (path / "config.json").is_file():
+            raise EvalInputError(f"not a model directory (no config.json): {model}")
+        location = str(path.resolve())
+        return ModelIdentity(model, "local", location, None, fingerprint_dir(path))
+    revision = _hub_commit(model)
+    fingerprint = hashlib.sha256(f"hub:{model}@{revision}".encode()).hexdigest()
+    return ModelIdentity(model, "hub", model, revision, fingerprint)
+
+
+def _hub_commit(repo_id: str) -> str:
+    """The commit `main` of a Hub model resolves to (from the local cache when offline)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config = hf_hub_download(repo_id, "config.json")
+    except Exception as error:  # offline, unknown repo, gated, network: all the same to the user
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EvalInputError(
+            f"{repo_id!r} is neither a local model directory nor a reachable Hugging Face Hub "
+            f"model ({reason})"
+        ) from error
+    return Path(config).parent.name
