@@ -1,0 +1,160 @@
+"""Model cards of layer_swap merges, and publishing them (dry run, broken folders, upload)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hub_standin import HubStandIn
+from huggingface_hub import ModelCard
+
+from mergekit_layerswap import card, cli, hub, swap
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def swap_config(host: Path, donor: Path, parameters: dict, transition: int) -> dict:
+    return {
+        "merge_method": "layer_swap",
+        "base_model": str(host),
+        "models": [{"model": str(host)}, {"model": str(donor), "parameters": parameters}],
+        "parameters": {"transition": transition},
+        "dtype": "bfloat16",
+    }
+
+
+@pytest.fixture(scope="module")
+def merged(make_model, tmp_path_factory) -> Path:
+    """A bottom/top swap with transitions, merged by the stock mergekit-yaml."""
+    host, donor = make_model("llama", 8, seed=1), make_model("llama", 8, seed=2)
+    folder = tmp_path_factory.mktemp("merged")
+    config = folder / "swap.yml"
+    config.write_text(yaml.safe_dump(swap_config(host, donor, {"bottom": 2, "top": 1}, 1)))
+    subprocess.run([str(BIN / "mergekit-yaml"), str(config), str(folder / "model")],
+                   check=True, capture_output=True, timeout=600)  # fmt: skip
+    return folder / "model"
+
+
+def table_rows(text: str) -> list[tuple[str, str]]:
+    section = text.split("## Layer map")[1].split("\n\n")[1]
+    return [
+        tuple(c.strip() for c in line.strip("|").split("|")) for line in section.splitlines()[2:]
+    ]
+
+
+def test_stock_mergekit_yaml_writes_our_card(merged):
+    text = (merged / "README.md").read_text()
+    parsed = ModelCard.load(merged / "README.md")
+    assert parsed.data.library_name == "transformers"
+    assert parsed.data.tags == ["merge", "mergekit", "layer-swap"]
+    raw = yaml.safe_load((merged / "mergekit_config.yml").read_text())
+    host, donor = f"`{raw['base_model']}` (host)", f"`{raw['models'][1]['model']}`"
+    assert table_rows(text) == [
+        ("embeddings", donor), ("0–1", donor), ("2", f"0.5 × {donor} + 0.5 × {host}"),
+        ("3–5", host), ("6", f"0.5 × {donor} + 0.5 × {host}"), ("7", donor),
+        ("final norm + lm_head", donor),
+    ]  # fmt: skip
+    assert "mergekit-yaml mergekit_config.yml OUT" in text and "bandarkar2025" in text
+
+
+def test_layer_map_of_a_middle_swap_is_compact():
+    config = swap.SwapConfig("native", (swap.Claim("reasoner", layers="13-22"),), transition=2)
+    rows = card.layer_map(config, 36)
+    assert rows[0] == ("embeddings", "`native` (host)")
+    assert ("13–22", "`reasoner`") in rows and ("0–10", "`native` (host)") in rows
+    assert ("11", "0.333 × `reasoner` + 0.667 × `native` (host)") in rows
+    assert rows[-1] == ("final norm + lm_head", "`native` (host)")
+    assert len(rows) == 9  # 36 layers in 7 rows
+
+
+def test_card_with_scores_matches_results(merged, mgsm_hf_dir, tmp_path, capsys):
+    results = tmp_path / "results"
+    code = cli.main(["eval", str(merged), "--languages", "sw,en", "--limit", "2",
+                     "--max-gen-toks", "16", "--data-dir", str(mgsm_hf_dir),
+                     "--output", str(results)])  # fmt: skip
+    assert code == 0
+    assert cli.main(["card", str(merged), "--results", str(results / "results.json")]) == 0
+    capsys.readouterr()
+    data = ModelCard.load(merged / "README.md").data
+    expected = json.loads((results / "results.json").read_text())["models"][0]["languages"]
+    assert data.language == ["sw", "en"]
+    assert {r.dataset_config: r.metric_value for r in data.eval_results} == {
+        code: expected[code]["exact_match"] for code in ("sw", "en")
+    }
+    assert {r.dataset_type for r in data.eval_results} == {"juletxara/mgsm"}
+    text = (merged / "README.md").read_text()
+    assert "## MGSM" in text and "--languages sw,en --mode native_cot" in text
+
+
+def broken_copies(merged: Path, root: Path) -> dict[str, tuple[Path, str]]:
+    def copy(name: str) -> Path:
+        target = root / name
+        shutil.copytree(merged, target)
+        return target
+
+    cases = {}
+    folder = copy("no-config")
+    (folder / "config.json").unlink()
+    cases["no-config"] = (folder, "config.json is missing")
+    folder = copy("missing-shard")
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors",
+                            "b": "model-00002-of-00002.safetensors"}}  # fmt: skip
+    (folder / hub.INDEX).write_text(json.dumps(index))
+    cases["missing-shard"] = (folder, "model-00002-of-00002.safetensors is listed in")
+    folder = copy("truncated")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    cases["truncated"] = (folder, "model.safetensors: truncated")
+    folder = copy("bad-header")
+    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    cases["bad-header"] = (folder, "unreadable safetensors header")
+    folder = copy("no-tokenizer")
+    (folder / "tokenizer.json").unlink()
+    cases["no-tokenizer"] = (folder, "no tokenizer")
+    folder = copy("no-card")
+    (folder / "README.md").unlink()
+    cases["no-card"] = (folder, "README.md (the model card) is missing")
+    return cases
+
+
+def test_push_dry_run_lists_a_complete_folder_and_refuses_broken_ones(merged, tmp_path, capsys):
+    assert cli.main(["push", str(merged), "--repo-id", "me/swap", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "model.safetensors" in out and "README.md" in out and "dry run: would upload" in out
+    for name, (folder, message) in broken_copies(merged, tmp_path).items():
+        code = cli.main(["push", str(folder), "--repo-id", "me/swap", "--dry-run"])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (name, err)
+
+
+def test_upload_reaches_the_hub_without_leaking_the_token(merged):
+    standin = HubStandIn()
+    secret = "hf_" + "s3cr3t" * 6
+    env = {**os.environ, "HF_ENDPOINT": standin.endpoint, "HF_TOKEN": secret,
+           "HF_HUB_OFFLINE": "0"}  # fmt: skip
+    try:
+        result = subprocess.run(
+            [str(BIN / "mergekit-layerswap"), "push", str(merged), "--repo-id", "me/swap",
+             "--private", "--revision", "exp"], env=env, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+    finally:
+        standin.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert secret not in result.stdout + result.stderr
+    assert standin.repos["me/swap"]["visibility"] == "private"
+    assert standin.branches == [("me/swap", "exp")]
+    sent = {path: data for (repo, path), data in standin.files.items() if repo == "me/swap"}
+    local = {p.name: p.read_bytes() for p in merged.iterdir() if p.is_file()}
+    assert sent == local
+    assert all(secret not in data.decode(errors="ignore") for data in sent.values())
+    assert any(secret in h.get("authorization", h.get("Authorization", ""))
+               for h in standin.headers_seen)  # fmt: skip
