@@ -41,8 +41,12 @@ def make_model(tmp_path_factory, tokenizer_dir):
             name = f"{arch}-{num_layers}-{seed}-" + "-".join(f"{k}{v}" for k, v in key[3])
             out = tmp_path_factory.mktemp("models") / name
             cache[key] = tiny.build_model(
-                out, arch=arch, num_layers=num_layers, seed=seed,
-                tokenizer_dir=tokenizer_dir, **kwargs,
+                out,
+                arch=arch,
+                num_layers=num_layers,
+                seed=seed,
+                tokenizer_dir=tokenizer_dir,
+                **kwargs,
             )
         return cache[key]
 

@@ -158,3 +158,38 @@ def test_upload_reaches_the_hub_without_leaking_the_token(merged):
     assert all(secret not in data.decode(errors="ignore") for data in sent.values())
     assert any(secret in h.get("authorization", h.get("Authorization", ""))
                for h in standin.headers_seen)  # fmt: skip
+
+
+def test_suite_push_section_publishes_chosen_merges_once(make_model, mgsm_hf_dir, tmp_path):
+    host, donor = make_model("llama", 8, seed=1), make_model("llama", 8, seed=2)
+    suite = {
+        "models": {"math": str(host), "sw": str(donor)},
+        "merges": [
+            {
+                "name": "swap",
+                "merge_method": "layer_swap",
+                "base_model": "math",
+                "models": [{"model": "math"}, {"model": "sw", "parameters": {"top": 2}}],
+            }
+        ],
+        "evaluation": {"languages": ["sw"], "limit": 1, "max_gen_toks": 8,
+                       "data_dir": str(mgsm_hf_dir)},
+        "push": {"namespace": "me", "merges": ["swap"]},
+        "keep_weights": False,
+    }  # fmt: skip
+    path = tmp_path / "suite.yml"
+    path.write_text(yaml.safe_dump(suite))
+    standin = HubStandIn()
+    env = {**os.environ, "HF_ENDPOINT": standin.endpoint, "HF_TOKEN": "hf_x", "HF_HUB_OFFLINE": "0"}
+    command = [str(BIN / "mergekit-layerswap"), "suite", str(path), str(tmp_path / "out")]
+    try:
+        first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        standin.close()
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:]
+    assert "push me/swap\n" in first.stdout and "push me/swap: already uploaded" in second.stdout
+    assert standin.repos["me/swap"]["visibility"] == "private"
+    sent = {path for repo, path in standin.files if repo == "me/swap"}
+    assert {"README.md", "model.safetensors", "config.json", "mergekit_config.yml"} <= sent
+    assert not list((tmp_path / "out" / "merges" / "swap").glob("*.safetensors"))

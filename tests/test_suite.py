@@ -109,6 +109,15 @@ def test_suite_end_to_end_then_nothing_reruns(aliases, mgsm_hf_dir, tmp_path, ca
     assert "| model | kind | method | sw | en | average |" in markdown and "**" in markdown
     assert (out / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # layer_swap merges get a card whose model-index holds their scores
+    from huggingface_hub import ModelCard
+
+    scored = json.loads((out / "results" / "swap.json").read_text())["languages"]
+    data = ModelCard.load(out / "merges" / "swap" / "README.md").data
+    assert {r.dataset_config: r.metric_value for r in data.eval_results} == {
+        code_: scored[code_]["exact_match"] for code_ in ("sw", "en")
+    }
+
     # the saved config reproduces the merge with plain mergekit-yaml (DARE: with its seed)
     saved = (out / "merges" / "dare" / "mergekit_config.yml").read_text()
     assert saved.startswith("# reproduce: mergekit-yaml mergekit_config.yml OUT --random-seed 0")
