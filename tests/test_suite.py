@@ -84,9 +84,11 @@ def test_suite_end_to_end_then_nothing_reruns(aliases, mgsm_hf_dir, tmp_path, ca
     code, text = run_suite_cli(tmp_path, raw, out, capsys=capsys)
     assert code == 0, text
     names = ["math", "swap", "dare", "swap-t1-tr0", "swap-t2-tr0"]
-    assert steps_run(text) == [f"merge {i}/4 {n}" for i, n in enumerate(names[1:], 1)] + [
-        f"eval {i}/5 {n}" for i, n in enumerate(names, 1)
-    ]
+    assert steps_run(text) == [
+        "merge 1/2 swap", "merge 2/2 dare", "eval 1/5 math", "eval 2/5 swap", "eval 3/5 dare",
+        "eval 4/5 swap-t1-tr0 (built in memory)", "eval 5/5 swap-t2-tr0 (built in memory)",
+    ]  # fmt: skip
+    assert not (out / "merges" / "swap-t1-tr0").exists()  # sweep variants are never written
 
     board = json.loads((out / "leaderboard.json").read_text())
     assert sorted(row["name"] for row in board) == sorted(names)
@@ -164,7 +166,7 @@ def test_interrupted_suite_resumes_without_redoing_finished_work(aliases, mgsm_h
     board = json.loads((out / "leaderboard.json").read_text())
     assert len(board) == 5
     # keep_weights: false — scored merges keep their config and marker, not their weights
-    for name in ("swap", "dare", "swap-t1-tr0", "swap-t2-tr0"):
+    for name in ("swap", "dare"):
         folder = out / "merges" / name
         assert (folder / "mergekit_config.yml").is_file()
         assert not list(folder.glob("*.safetensors"))
@@ -217,3 +219,44 @@ def test_suite_recipes_are_valid(recipe, make_model):
     }
     suite = parse_suite(raw)
     assert suite.entries and all(e.config or e.model for e in suite.entries)
+
+
+def test_in_memory_sweep_variant_equals_the_written_checkpoint(aliases, mgsm_hf_dir, tmp_path):
+    """Same tensors bit for bit, and lm-eval produces the same generations and scores."""
+    from lm_eval.models.huggingface import HFLM
+
+    from mergekit_layerswap import merge
+    from mergekit_layerswap.evaluate import EvalSettings, evaluate_lm
+    from mergekit_layerswap.suite.sweep import InMemorySweep
+
+    config = {
+        "merge_method": "layer_swap",
+        "base_model": aliases["math"],
+        "models": [
+            {"model": aliases["math"]},
+            {"model": aliases["swahili"], "parameters": {"bottom": 2, "top": 1}},
+        ],
+        "parameters": {"transition": 1},
+        "dtype": "bfloat16",
+    }
+    written = merge.run(config, tmp_path / "written", quiet=True)
+    settings = EvalSettings(languages=("sw", "en"), limit=3, max_gen_toks=24,
+                            data_dir=mgsm_hf_dir)  # fmt: skip
+    sweep = InMemorySweep(aliases["math"], aliases["swahili"], settings)
+    model = sweep.build(config)
+    on_disk = tensors(written)
+    in_memory = model.state_dict()
+    assert set(on_disk) == set(in_memory)
+    assert all(torch.equal(on_disk[name], in_memory[name]) for name in on_disk)
+    # copied layers share the experts' storage: nothing but transitions was computed
+    donor_embed = sweep.state[aliases["swahili"]]["model.embed_tokens.weight"]
+    assert in_memory["model.embed_tokens.weight"].data_ptr() == donor_embed.data_ptr()
+
+    mine = sweep.score(config)
+    written_lm = HFLM(pretrained=str(written), batch_size=settings.batch_size, device="cpu")
+    theirs = evaluate_lm(written_lm, settings)
+    for code in ("sw", "en"):
+        assert mine[code].result == theirs[code].result
+        assert [s["resps"] for s in mine[code].samples] == [
+            s["resps"] for s in theirs[code].samples
+        ]

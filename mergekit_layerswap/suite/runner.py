@@ -16,6 +16,7 @@ from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.suite import leaderboard
 from mergekit_layerswap.suite.schema import Entry, Suite
 from mergekit_layerswap.suite.store import Store, digest, read_json, write_json
+from mergekit_layerswap.suite.sweep import InMemorySweep
 
 #: Settings that do not change a score, left out of the evaluation key.
 _NOT_IN_KEY = {"batch_size", "device", "data_dir", "log_samples"}
@@ -63,6 +64,7 @@ def plan(suite: Suite, store: Store, settings: EvalSettings, entries, force: boo
         scored = not force and store.result(entry.name, key, eval_key) is not None
         merge_needed = (
             entry.kind != "input"
+            and not entry.in_memory
             and not scored
             and (force or not store.merge_done(entry.name, key))
         )
@@ -75,8 +77,11 @@ def describe(steps: list[Step]) -> list[str]:
     lines = []
     for step in steps:
         merge_state = (
-            "-" if step.entry.kind == "input" else ("to run" if step.merge_needed else "cached")
-        )
+            "-" if step.entry.kind == "input"
+            else "memory" if step.entry.in_memory
+            else "to run" if step.merge_needed
+            else "cached"
+        )  # fmt: skip
         eval_state = "to run" if step.eval_needed else "cached"
         lines.append(
             f"{step.entry.name:<28} {step.entry.kind:<6} {step.entry.method:<14} "
@@ -132,18 +137,26 @@ def run_suite(
             random_seed=step.entry.random_seed,
             metadata={"key": step.key, "name": step.entry.name, "seed": step.entry.random_seed},
         )
+    sweep: InMemorySweep | None = None
     for index, step in enumerate(evals, 1):
         entry = step.entry
+        record = {"name": entry.name, "kind": entry.kind, "method": entry.method,
+                  "config": entry.config}  # fmt: skip
+        if entry.in_memory:
+            print(f"eval {index}/{len(evals)} {entry.name} (built in memory)", flush=True)
+            host, donor = (m["model"] for m in entry.config["models"])
+            sweep = sweep or InMemorySweep(host, donor, settings)
+            runs = sweep.score(entry.config)
+            scores = {code: asdict(run.result) for code, run in runs.items()}
+            store.write_result(step.key, step.eval_key, {**record, "languages": scores})
+            continue
         print(f"eval {index}/{len(evals)} {entry.name}", flush=True)
         results = evaluate_models(
             [_model_path(entry, store)], settings, store.eval_dir(entry.name),
             cache_dir=store.root / "cache",
         )  # fmt: skip
         scores = {code: asdict(r) for code, r in results.models[0].languages.items()}
-        store.write_result(
-            step.key, step.eval_key, {"name": entry.name, "kind": entry.kind,
-                                      "method": entry.method, "languages": scores},
-        )  # fmt: skip
+        store.write_result(step.key, step.eval_key, {**record, "languages": scores})
         if entry.method == validate.METHOD:
             card.write_card(store.merge_dir(entry.name), results)
         if entry.kind != "input" and not suite.keep_weights and entry.name not in pushed:

@@ -8,6 +8,7 @@ fix, before anything is merged or evaluated.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import itertools
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class Sweep(_Strict):
     transition: list[NonNegativeInt] = Field(default_factory=lambda: [0])
     layers: list[str] = Field(default_factory=lambda: [""])
     dtype: str | None = None
+    in_memory: bool = True  # hf backend: build variants from the loaded experts, unwritten
 
 
 class Evaluation(_Strict):
@@ -110,6 +112,7 @@ class Entry:
     model: str | None = None  # inputs: the path or Hub id
     config: dict | None = None  # merges: the resolved mergekit config
     random_seed: int | None = None
+    in_memory: bool = False  # sweep variants scored without a written checkpoint
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,12 @@ def parse_suite(raw: Any) -> Suite:
     entries += [e for i, m in enumerate(spec.merges)
                 if (e := _merge_entry(i, m, spec.models, spec.seed, problems))]  # fmt: skip
     if spec.sweep:
-        entries += _sweep_entries(spec.sweep, spec.models, problems)
+        published = set(spec.push.merges) if spec.push else set()
+        in_memory = spec.sweep.in_memory and spec.evaluation.backend == "hf"
+        entries += [
+            dataclasses.replace(e, in_memory=in_memory and e.name not in published)
+            for e in _sweep_entries(spec.sweep, spec.models, problems)
+        ]
     seen: set[str] = set()
     for entry in entries:
         if entry.name in seen:

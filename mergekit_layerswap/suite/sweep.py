@@ -1,0 +1,81 @@
+"""Sweep variants built in memory from the two loaded experts, never written to disk.
+
+For K layer-swap variants of one host and one donor, writing K checkpoints and loading each
+back costs far more than the swap itself. Here both experts are loaded once; each variant
+is merged with the very same kernel as on disk (`merge_state_dicts` with `layer_swap`), so
+copied layers are the experts' own tensors (shared, not copied) and only transition layers
+are computed; the variant's tensors are then assigned into one reusable model object and
+scored through lm-eval's HF backend. Scores equal those of the written checkpoint (tested).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mergekit_layerswap import checkpoint, validate
+from mergekit_layerswap.evaluate.run import LanguageRun, evaluate_lm
+from mergekit_layerswap.evaluate.settings import EvalSettings
+
+
+class InMemorySweep:
+    """Loads a host and a donor once; `score(config)` builds and scores one variant."""
+
+    def __init__(self, host: str, donor: str, settings: EvalSettings):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.host, self.donor, self.settings = host, donor, settings
+        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+        def load(reference: str):
+            path = checkpoint.split_reference(reference)[0]
+            return AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device).eval()
+
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.split_reference(host)[0])
+        self.model, donor_model = load(host), load(donor)
+        # references to the experts' own tensors: variants share them instead of copying
+        self.state = {
+            host: dict(self.model.state_dict()),
+            donor: dict(donor_model.state_dict()),
+        }
+        self.num_layers = checkpoint.model_info(host).num_layers
+
+    def build(self, config: dict) -> Any:
+        """Assign the variant of `config` (a layer_swap sweep config) into the model."""
+        import torch
+        from mergekit.common import dtype_from_name
+        from mergekit.merge_methods import merge_state_dicts
+
+        from mergekit_layerswap.method import register
+
+        register()
+        swap = validate.swap_config(config)
+        (claim,) = swap.claims
+        with torch.no_grad():
+            merged = merge_state_dicts(
+                self.state,
+                "layer_swap",
+                base=self.host,
+                parameters={
+                    "bottom": {claim.donor: claim.bottom},
+                    "top": {claim.donor: claim.top},
+                    "layers": {claim.donor: claim.layers},
+                    "transition": swap.transition,
+                    "embed_source": swap.embed_source,
+                    "head_source": swap.head_source,
+                    "num_layers": self.num_layers,
+                },
+                dtype=dtype_from_name(config.get("dtype")),
+            )
+        self.model.load_state_dict(merged, assign=True, strict=True)
+        return self.model
+
+    def score(self, config: dict) -> dict[str, LanguageRun]:
+        """Build the variant and score it on the settings' languages."""
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(
+            pretrained=self.build(config), tokenizer=self.tokenizer,
+            batch_size=self.settings.batch_size,
+        )  # fmt: skip
+        return evaluate_lm(lm, self.settings)
