@@ -80,11 +80,11 @@ def load(path: str | Path) -> dict:
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as error:
-        raise ConfigError([f"{path}: cannot read the config ({error.strerror})"]) from None
+        raise ConfigError([f"{path}: cannot read it ({error.strerror})"]) from None
     except yaml.YAMLError as error:
         raise ConfigError([f"{path}: not valid YAML ({error})".replace("\n", " ")]) from None
     if not isinstance(raw, dict):
-        raise ConfigError([f"{path}: expected a mapping with merge_method, models, ..."])
+        raise ConfigError([f"{path}: expected a YAML mapping (keys such as models, ...)"])
     return raw
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import layer_swap
 from hub_standin import HubStandIn
 from huggingface_hub import ModelCard
 
@@ -20,23 +21,15 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-def swap_config(host: Path, donor: Path, parameters: dict, transition: int) -> dict:
-    return {
-        "merge_method": "layer_swap",
-        "base_model": str(host),
-        "models": [{"model": str(host)}, {"model": str(donor), "parameters": parameters}],
-        "parameters": {"transition": transition},
-        "dtype": "bfloat16",
-    }
-
-
 @pytest.fixture(scope="module")
 def merged(make_model, tmp_path_factory) -> Path:
     """A bottom/top swap with transitions, merged by the stock mergekit-yaml."""
     host, donor = make_model("llama", 8, seed=1), make_model("llama", 8, seed=2)
     folder = tmp_path_factory.mktemp("merged")
     config = folder / "swap.yml"
-    config.write_text(yaml.safe_dump(swap_config(host, donor, {"bottom": 2, "top": 1}, 1)))
+    config.write_text(
+        yaml.safe_dump(layer_swap(host, {donor: {"bottom": 2, "top": 1}}, transition=1))
+    )
     subprocess.run([str(BIN / "mergekit-yaml"), str(config), str(folder / "model")],
                    check=True, capture_output=True, timeout=600)  # fmt: skip
     return folder / "model"

@@ -13,19 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from helpers import layer_swap, tensors
 
 from mergekit_layerswap import cli
 
 pytestmark = pytest.mark.slow
 MERGEKIT_YAML = Path(sys.executable).with_name("mergekit-yaml")
-
-
-def tensors(folder: Path) -> dict[str, torch.Tensor]:
-    found: dict[str, torch.Tensor] = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        found.update(load_file(path))
-    return found
 
 
 def mergekit_yaml(raw: dict, tmp_path: Path, name: str = "out") -> Path:
@@ -79,16 +72,7 @@ HALF = {D: 0.5, H: 0.5}
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "gemma2"])
 def test_bottom_top_swap_with_transitions(arch, make_model, tmp_path):
     host, donor = make_model(arch, 8, seed=1), make_model(arch, 8, seed=2)
-    raw = {
-        "merge_method": "layer_swap",
-        "base_model": str(host),
-        "models": [
-            {"model": str(host)},
-            {"model": str(donor), "parameters": {"bottom": 2, "top": 1}},
-        ],
-        "parameters": {"transition": 1},
-        "dtype": "bfloat16",
-    }
+    raw = layer_swap(host, {donor: {"bottom": 2, "top": 1}}, transition=1)
     out = mergekit_yaml(raw, tmp_path)
     layer_map = [{D: 1}, {D: 1}, HALF, {H: 1}, {H: 1}, {H: 1}, HALF, {D: 1}]
     check(out, {H: host, D: donor}, layer_map, {"pre": {D: 1}, "post": {D: 1}})
@@ -97,16 +81,7 @@ def test_bottom_top_swap_with_transitions(arch, make_model, tmp_path):
 
 def test_middle_swap_two_layer_transitions(make_model, tmp_path):
     native, reasoner = make_model("qwen3", 8, seed=1), make_model("qwen3", 8, seed=2)
-    raw = {
-        "merge_method": "layer_swap",
-        "base_model": str(native),
-        "models": [
-            {"model": str(native)},
-            {"model": str(reasoner), "parameters": {"layers": "3-4"}},
-        ],
-        "parameters": {"transition": 2},
-        "dtype": "bfloat16",
-    }
+    raw = layer_swap(native, {reasoner: {"layers": "3-4"}}, transition=2)
     out = mergekit_yaml(raw, tmp_path)
     third, two_thirds = {D: 1 / 3, H: 2 / 3}, {D: 2 / 3, H: 1 / 3}
     layer_map = [{H: 1}, third, two_thirds, {D: 1}, {D: 1}, two_thirds, third, {H: 1}]
@@ -116,17 +91,9 @@ def test_middle_swap_two_layer_transitions(make_model, tmp_path):
 
 def test_two_donors_and_our_merge_command_match_stock_cli(make_model, tmp_path, capsys):
     host, first, second = (make_model("llama", 8, seed=s) for s in (1, 2, 3))
-    raw = {
-        "merge_method": "layer_swap",
-        "base_model": str(host),
-        "models": [
-            {"model": str(host)},
-            {"model": str(first), "parameters": {"bottom": 2}},
-            {"model": str(second), "parameters": {"top": 2}},
-        ],
-        "parameters": {"transition": 1, "embed_source": "base"},
-        "dtype": "bfloat16",
-    }
+    raw = layer_swap(
+        host, {first: {"bottom": 2}, second: {"top": 2}}, transition=1, embed_source="base"
+    )
     out = mergekit_yaml(raw, tmp_path)
     layer_map = [{D: 1}, {D: 1}, HALF, {H: 1}, {H: 1}, {E: 0.5, H: 0.5}, {E: 1}, {E: 1}]
     check(out, {H: host, D: first, E: second}, layer_map, {"pre": {H: 1}, "post": {E: 1}})
@@ -167,17 +134,10 @@ def test_compiled_slices_equal_the_rule_bit_for_bit(make_model, tmp_path):
     from mergekit.merge_methods import merge_state_dicts
 
     host, first, second = (make_model("qwen2", 16, seed=s) for s in (4, 5, 6))
-    raw = {
-        "merge_method": "layer_swap",
-        "base_model": str(host),
-        "models": [
-            {"model": str(host)},
-            {"model": str(first), "parameters": {"bottom": 2, "layers": "6-7"}},
-            {"model": str(second), "parameters": {"top": 2}},
-        ],
-        "parameters": {"transition": 2, "head_source": "base"},
-        "dtype": "bfloat16",
-    }
+    raw = layer_swap(
+        host, {first: {"bottom": 2, "layers": "6-7"}, second: {"top": 2}},
+        transition=2, head_source="base",
+    )  # fmt: skip
     out = mergekit_yaml(raw, tmp_path)
     expected = merge_state_dicts(
         {"h": tensors(host), "a": tensors(first), "b": tensors(second)},
@@ -209,15 +169,7 @@ def test_tensors_a_layer_does_not_use_are_never_read(make_model, tmp_path):
         if ".layers." not in name or int(name.split(".layers.")[1].split(".")[0]) in (0, 1, 7)
     }
     save_file(kept, pruned / "model.safetensors", metadata={"format": "pt"})
-    raw = {
-        "merge_method": "layer_swap",
-        "base_model": str(host),
-        "models": [
-            {"model": str(host)},
-            {"model": str(pruned), "parameters": {"bottom": 2, "top": 1}},
-        ],
-        "dtype": "bfloat16",
-    }
+    raw = layer_swap(host, {pruned: {"bottom": 2, "top": 1}})
     out = mergekit_yaml(raw, tmp_path)
     layer_map = [{D: 1}, {D: 1}, {H: 1}, {H: 1}, {H: 1}, {H: 1}, {H: 1}, {D: 1}]
     check(out, {H: host, D: donor}, layer_map, {"pre": {D: 1}, "post": {D: 1}})

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from helpers import layer_swap, tensors
 
 from mergekit_layerswap import cli
 from mergekit_layerswap.suite.schema import SuiteError, parse_suite
@@ -71,10 +71,6 @@ def run_suite_cli(tmp_path: Path, raw: dict, out: Path, *flags: str, capsys) -> 
 
 def steps_run(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith(("merge ", "eval "))]
-
-
-def tensors(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "model.safetensors")
 
 
 def test_suite_end_to_end_then_nothing_reruns(aliases, mgsm_hf_dir, tmp_path, capsys):
@@ -229,16 +225,9 @@ def test_in_memory_sweep_variant_equals_the_written_checkpoint(aliases, mgsm_hf_
     from mergekit_layerswap.evaluate import EvalSettings, evaluate_lm
     from mergekit_layerswap.suite.sweep import InMemorySweep
 
-    config = {
-        "merge_method": "layer_swap",
-        "base_model": aliases["math"],
-        "models": [
-            {"model": aliases["math"]},
-            {"model": aliases["swahili"], "parameters": {"bottom": 2, "top": 1}},
-        ],
-        "parameters": {"transition": 1},
-        "dtype": "bfloat16",
-    }
+    config = layer_swap(
+        aliases["math"], {aliases["swahili"]: {"bottom": 2, "top": 1}}, transition=1
+    )
     written = merge.run(config, tmp_path / "written", quiet=True)
     settings = EvalSettings(languages=("sw", "en"), limit=3, max_gen_toks=24,
                             data_dir=mgsm_hf_dir)  # fmt: skip

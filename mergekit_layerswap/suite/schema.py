@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator
 
 from mergekit_layerswap import checkpoint, validate
@@ -299,9 +298,7 @@ def parse_suite(raw: Any) -> Suite:
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite YAML file."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as error:
-        raise SuiteError([f"{path}: cannot read the suite ({error.strerror})"]) from None
-    except yaml.YAMLError as error:
-        raise SuiteError([f"{path}: not valid YAML ({error})".replace("\n", " ")]) from None
+        raw = validate.load(path)
+    except validate.ConfigError as error:
+        raise SuiteError(error.problems) from None
     return parse_suite(raw)
