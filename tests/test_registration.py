@@ -76,3 +76,14 @@ def test_help_and_validate_do_not_import_torch(make_model, tmp_path):
         "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)"
     )
     assert out == "0 False False"
+
+
+def test_card_hook_point_is_pinned():
+    """Our card replaces mergekit's through mergekit.merge.generate_card, which run_merge
+    must call by its module-level name (fails loudly if mergekit changes)."""
+    import inspect
+
+    import mergekit.merge
+
+    assert "generate_card(" in inspect.getsource(mergekit.merge.run_merge)
+    assert mergekit.merge.generate_card.layerswap
