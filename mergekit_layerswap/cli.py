@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --- subcommands: each adds its parser here and sets `handler` ---
     _add_eval(sub)
     _add_suite(sub)
+    _add_analyze(sub)
     demo = sub.add_parser(
         "demo", help="tiny local experts -> layer swaps + baselines -> MGSM leaderboard (CPU)"
     )
@@ -114,7 +115,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--mode", default="native_cot", help="native_cot (default), direct or en_cot")
     ev.add_argument("--num-fewshot", type=int, default=0, help="exemplars, 0-8 (default 0)")
     ev.add_argument("--limit", type=int, help="only the first N problems per language")
-    ev.add_argument("--batch-size", help="N or auto (default: 32 for hf, auto for vllm)")
+    ev.add_argument("--batch-size", help="N or auto (default: 64 for hf, auto for vllm)")
     ev.add_argument("--max-gen-toks", type=int, default=256, help="default 256 (lm-eval's)")
     ev.add_argument("--backend", default="hf", help="hf (default) or vllm")
     ev.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
@@ -222,6 +223,43 @@ def _push(args: argparse.Namespace) -> int:
         print(f"dry run: would upload {total} to {upload.repo_id}")
     else:
         print(f"uploaded {total} to {upload.repo_id}: {upload.url}")
+    return 0
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    an = sub.add_parser(
+        "analyze", help="where did each expert change? per-layer figures, plots, a suggested swap"
+    )
+    an.add_argument("--base", required=True, metavar="MODEL", help="the experts' shared base")
+    an.add_argument(
+        "--expert", action="append", required=True, dest="experts", metavar="NAME=MODEL",
+        help="a fine-tune of the base (local folder or Hub id); repeat for every expert",
+    )  # fmt: skip
+    an.add_argument("--output", required=True, metavar="OUT_DIR", help="results folder")
+    an.add_argument("--host", metavar="NAME", help="expert that keeps its middle layers")
+    an.add_argument("--donor", metavar="NAME", help="expert whose outer layers are swapped in")
+    an.add_argument(
+        "--ratio", type=float, default=1.0,
+        help="a layer is the donor's when its change exceeds RATIO x the host's (default 1)",
+    )  # fmt: skip
+    an.add_argument("--quiet", action="store_true", help="no progress bar")
+    an.set_defaults(handler=_analyze)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from mergekit_layerswap import analysis
+
+    try:
+        result = analysis.analyze(
+            args.base, [analysis.parse_expert(spec) for spec in args.experts], args.output,
+            host=args.host, donor=args.donor, ratio=args.ratio, progress=not args.quiet,
+        )  # fmt: skip
+    except analysis.AnalysisError as error:
+        raise UsageError(str(error)) from None
+    for path in result.files:
+        print(f"wrote {path}")
+    if result.suggestion is not None:
+        print(f"suggestion: {result.suggestion.describe()}")
     return 0
 
 
