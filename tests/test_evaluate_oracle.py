@@ -113,7 +113,9 @@ def test_upstream_defects_are_as_documented(native_cot_tasks):
     assert _strict(tasks["de"], first_de) == "[invalid]"
     # ja/zh: few-shot targets lose their first character; ru targets start with a space.
     for code, prefix, dropped in [
-        ("ja", "ステップごとの答え：", 1), ("zh", "逐步解答：", 1), ("ru", "Пошаговое решение:", 0)
+        ("ja", "ステップごとの答え：", 1),
+        ("zh", "逐步解答：", 1),
+        ("ru", "Пошаговое решение:", 0),
     ]:
         exemplar = tasks[code].dataset["train"][0]
         assert exemplar["answer"].startswith(prefix)
