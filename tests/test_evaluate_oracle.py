@@ -140,7 +140,7 @@ def test_local_tasks_equal_lm_eval_defaults_but_dataset_path(native_cot_tasks, m
         assert ours["metadata"]["config_source"] == str(stock_file)
         stock = load_yaml(stock_file, resolve_func=True)
         assert stock["dataset_path"] == "juletxara/mgsm"
-        assert ours["dataset_path"] == str(mgsm_hf_dir)
+        assert ours["dataset_path"] == str(mgsm_hf_dir.resolve())
         for key, value in stock.items():
             if key not in ("dataset_path", "include", "tag", "metadata"):
                 assert ours[key] == value, (name, key)
