@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mergekit_layerswap import swap
-from mergekit_layerswap.checkpoint import looks_local, split_reference
+from mergekit_layerswap.checkpoint import CheckpointError, looks_local, model_folder
 
 if TYPE_CHECKING:
     import torch
@@ -106,24 +106,10 @@ class Checkpoint:
 
 def _resolve(name: str, reference: str) -> Path:
     """A local directory, or a Hub snapshot of the model's safetensors and JSON files."""
-    path, revision = split_reference(reference)
-    if looks_local(path):
-        local = Path(path).expanduser()
-        if not local.is_dir():
-            raise AnalysisError(f"{name}: no such model directory: {reference}")
-        return local
     try:
-        from huggingface_hub import snapshot_download
-
-        return Path(
-            snapshot_download(path, revision=revision, allow_patterns=["*.safetensors", "*.json"])
-        )
-    except Exception as error:  # network, auth, missing repo: say which model
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise AnalysisError(
-            f"{name}: {reference} is not a local directory and could not be fetched from "
-            f"the Hugging Face Hub ({detail})"
-        ) from None
+        return model_folder(reference, ("*.safetensors", "*.json"))
+    except CheckpointError as error:
+        raise AnalysisError(f"{name}: {error}") from None
 
 
 def read_checkpoint(name: str, reference: str) -> Checkpoint:

@@ -100,27 +100,31 @@ def looks_local(path: str) -> bool:
     return os.path.exists(path) or path.startswith(("/", "./", "../", "~", "."))
 
 
-def read_config(reference: str) -> dict:
-    """config.json of a local directory or Hub model (Hub: fetched with huggingface_hub)."""
+def model_folder(reference: str, patterns: tuple[str, ...] = ("config.json",)) -> Path:
+    """A local model directory, or a Hub snapshot of the files matching `patterns`."""
     path, revision = split_reference(reference)
-    local = Path(os.path.expanduser(path))
     if looks_local(path):
+        local = Path(path).expanduser()
         if not local.is_dir():
             raise CheckpointError(f"{reference}: no such model directory ({local})")
-        config_file = local / "config.json"
-        if not config_file.is_file():
-            raise CheckpointError(f"{reference}: {local} has no config.json")
-    else:
-        try:
-            from huggingface_hub import hf_hub_download
+        return local
+    try:
+        from huggingface_hub import snapshot_download
 
-            config_file = Path(hf_hub_download(path, "config.json", revision=revision))
-        except Exception as error:  # network, auth, missing repo: say which model
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise CheckpointError(
-                f"{reference}: not a local directory and its config.json could not be "
-                f"fetched from the Hugging Face Hub ({message})"
-            ) from None
+        return Path(snapshot_download(path, revision=revision, allow_patterns=list(patterns)))
+    except Exception as error:  # network, auth, missing repo: say which model
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"{reference}: not a local directory and could not be fetched from the "
+            f"Hugging Face Hub ({message})"
+        ) from None
+
+
+def read_config(reference: str) -> dict:
+    """config.json of a local directory or Hub model (Hub: fetched with huggingface_hub)."""
+    config_file = model_folder(reference) / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{reference}: {config_file.parent} has no config.json")
     try:
         return json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as error:

@@ -299,7 +299,7 @@ def broken(family, make_model, tmp_path_factory) -> dict[str, Path]:
         (["a=narrow"], [], "expert 'a': tensor model.embed_tokens.weight has shape ["),
         (["a=shallow"], [], "expert 'a' has 6 layers, the base has 8"),
         (["a=shard_lost"], [], "a: missing weight file"),
-        (["a=/nonexistent/model"], [], "a: no such model directory: /nonexistent/model"),
+        (["a=/nonexistent/model"], [], "a: /nonexistent/model: no such model directory"),
         (["a=nobody/no-such-model"], [], "could not be fetched from the Hugging Face Hub"),
         (["a=math", "a=swahili"], [], "expert 'a' is given twice"),
         (["a=math", "b=math"], [], "experts 'a' and 'b' are the same model"),
