@@ -96,8 +96,8 @@ def split_reference(reference: str) -> tuple[str, str | None]:
 
 
 def looks_local(path: str) -> bool:
-    """Paths (not Hub ids): anything existing, absolute, relative with ./ or ../, or ~."""
-    return os.path.exists(path) or path.startswith(("/", "./", "../", "~", "."))
+    """Paths (not Hub ids): anything existing, or starting with /, ~ or . (./, ../)."""
+    return os.path.exists(path) or path.startswith(("/", "~", "."))
 
 
 def model_folder(reference: str, patterns: tuple[str, ...] = ("config.json",)) -> Path:
