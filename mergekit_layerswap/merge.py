@@ -65,9 +65,9 @@ def run(
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 
-    from mergekit_layerswap import _hook  # registers layer_swap if the .pth did not
+    # importing the hook registers layer_swap (and its checks) if the .pth did not
+    from mergekit_layerswap import _hook  # noqa: F401
 
-    _hook.install()
     config = MergeConfiguration.model_validate(raw)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"

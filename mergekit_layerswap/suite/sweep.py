@@ -39,6 +39,9 @@ class InMemorySweep:
             donor: dict(donor_model.state_dict()),
         }
         self.num_layers = checkpoint.model_info(host).num_layers
+        from mergekit_layerswap.method import register
+
+        register()  # once: merge_state_dicts looks the method up by name
 
     def build(self, config: dict) -> Any:
         """Assign the variant of `config` (a layer_swap sweep config) into the model."""
@@ -46,9 +49,6 @@ class InMemorySweep:
         from mergekit.common import dtype_from_name
         from mergekit.merge_methods import merge_state_dicts
 
-        from mergekit_layerswap.method import register
-
-        register()
         swap = validate.swap_config(config)
         (claim,) = swap.claims
         with torch.no_grad():
