@@ -9,29 +9,45 @@ after `mergekit.merge` it makes layer_swap merges get our model card. Nothing
 
 import sys
 
-
-def _on_merge_methods(module) -> None:
-    from mergekit_layerswap.method import register
-
-    register()
+_METHOD = "mergekit_layerswap.method"
+#: Callbacks that fired while our method module was still importing (it imports mergekit).
+_DEFERRED: list = []
 
 
-def _on_plan(module) -> None:
-    from mergekit_layerswap.method import guard_planner
+def _call(attribute: str, module) -> None:
+    method = sys.modules[_METHOD]
+    if attribute == "register":
+        method.register()
+    else:
+        getattr(method, attribute)(module)
 
-    guard_planner(module)
+
+def _later(attribute: str):
+    """A callback running `mergekit_layerswap.method.<attribute>`, or deferring it to the
+    end of that module's own import when it is the one importing mergekit."""
+
+    def callback(module) -> None:
+        owner = sys.modules.get(_METHOD)
+        if owner is not None and getattr(owner.__spec__, "_initializing", False):
+            _DEFERRED.append((attribute, module))
+            return
+        import mergekit_layerswap.method  # noqa: F401
+
+        _call(attribute, module)
+
+    return callback
 
 
-def _on_merge(module) -> None:
-    from mergekit_layerswap.method import guard_card
-
-    guard_card(module)
+def run_deferred() -> None:
+    """Run the callbacks deferred while mergekit_layerswap.method imported (its last line)."""
+    while _DEFERRED:
+        _call(*_DEFERRED.pop(0))
 
 
 _WATCHED = {
-    "mergekit.merge_methods": _on_merge_methods,
-    "mergekit.plan": _on_plan,
-    "mergekit.merge": _on_merge,
+    "mergekit.merge_methods": _later("register"),
+    "mergekit.plan": _later("guard_planner"),
+    "mergekit.merge": _later("guard_card"),
 }
 
 

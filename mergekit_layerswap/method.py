@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Hashable
+from importlib.metadata import version
 from typing import Literal
 
 import torch
 import yaml
-from mergekit.common import ModelReference
+from mergekit.common import ModelReference, dtype_from_name
+from mergekit.graph import Task
 from mergekit.merge_methods import (
     BasePolicy,
     InputContract,
@@ -26,10 +29,15 @@ from mergekit.merge_methods import (
 )
 from pydantic import NonNegativeInt, PositiveInt
 
-from mergekit_layerswap import checkpoint, swap, validate
+from mergekit_layerswap import _hook, checkpoint, stream, swap, validate
 from mergekit_layerswap.plan import compile_slices
 
 PAPER_URL = "https://arxiv.org/abs/2410.01335"
+#: Set to 0 to run layer_swap through mergekit's per-tensor executor instead of StreamSwap.
+STREAM_ENV = "MERGEKIT_LAYERSWAP_STREAM"
+_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16,
+                 "F16": torch.float16}  # fmt: skip
+_ST_DTYPES = {dtype: name for name, dtype in _TORCH_DTYPES.items()}
 
 
 def _layer_count(group: TensorGroup, num_layers: int | None) -> int:
@@ -85,17 +93,23 @@ def layer_swap(
             embed_source=embed_source, head_source=head_source,
         )  # fmt: skip
     tensors: dict[Hashable, torch.Tensor] = {e.id: e.tensor for e in group.entries}
-    if len(weights) == 1:
-        return tensors[next(iter(weights))]
-    first = tensors[next(iter(weights))]
-    blend = torch.zeros_like(first, dtype=torch.float32)
-    for source, weight in weights.items():
-        blend.add_(tensors[source].to(torch.float32), alpha=weight)
-    return blend.to(first.dtype)
+    return combine([tensors[source] for source in weights], list(weights.values()))
 
 
-def compile_config(config, plan: validate.LayerSwapPlan) -> None:
-    """Rewrite a `models:` layer_swap config into minimal-read slices, in place.
+def combine(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """One source: itself (bit for bit); several: their weighted sum in float32, cast back
+    to the first one's dtype (the streamed writer computes transitions with this too)."""
+    if len(tensors) == 1:
+        return tensors[0]
+    blend = torch.zeros_like(tensors[0], dtype=torch.float32)
+    for tensor, weight in zip(tensors, weights, strict=True):
+        blend.add_(tensor.to(torch.float32), alpha=weight)
+    return blend.to(tensors[0].dtype)
+
+
+def compile_config(config, plan: validate.LayerSwapPlan) -> dict[str, ModelReference]:
+    """Rewrite a `models:` layer_swap config into minimal-read slices, in place; returns
+    the config's model references by name.
 
     Each slice lists only the models its layers use (`slice_weights` says how much of
     each); a slice without the host names its own donor as base_model, as mergekit's input
@@ -120,6 +134,98 @@ def compile_config(config, plan: validate.LayerSwapPlan) -> None:
             )
         )
     config.slices, config.models = slices, None
+    return references
+
+
+class StreamSwap(Task[None]):
+    """A whole layer swap as one mergekit task: copied tensors go from file to file in the
+    kernel, transition tensors are blended with `combine`; the bytes equal those of
+    mergekit's per-tensor tasks, which it replaces (see `guard_planner`)."""
+
+    out_path: str
+    tensors: str  # JSON rows from _stream_rows
+    max_shard_size: int
+    quiet: bool = False
+
+    def arguments(self) -> dict[str, Task]:
+        return {}
+
+    def main_thread_only(self) -> bool:
+        return True
+
+    def execute(self) -> None:
+        stream.write_model(
+            self.out_path,
+            [_output_tensor(*row) for row in json.loads(self.tensors)],
+            max_shard_size=self.max_shard_size,
+            index_metadata={"mergekit_version": version("mergekit")},
+            quiet=self.quiet,
+        )
+
+
+def _output_tensor(name: str, parts: list, dtype: str, load: str | None) -> stream.OutputTensor:
+    """A row of _stream_rows as the writer's tensor: a byte copy when it has one source and
+    no cast, otherwise computed as mergekit would (cast to `load`, align, combine, cast)."""
+    stored = [stream.Stored(path, st_dtype, tuple(shape), start, end)
+              for path, st_dtype, shape, start, end, _ in parts]  # fmt: skip
+    if len(stored) == 1 and stored[0].dtype == dtype and load in (None, dtype):
+        return stream.OutputTensor(name, dtype, stored[0].shape, source=stored[0])
+
+    def compute() -> memoryview:
+        tensors = []
+        for item in stored:
+            raw = stream.read_bytes(item)
+            tensor = torch.frombuffer(raw, dtype=_TORCH_DTYPES[item.dtype]).reshape(item.shape)
+            tensors.append(tensor.to(_TORCH_DTYPES[load]) if load else tensor)
+        aligned = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+        result = combine([t.to(aligned) for t in tensors], [part[-1] for part in parts])
+        return memoryview(result.to(_TORCH_DTYPES[dtype]).contiguous().view(torch.uint8).numpy())
+
+    return stream.OutputTensor(name, dtype, stored[0].shape, compute=compute, reads=tuple(stored))
+
+
+def _stream_rows(planner, tasks: list) -> list[list] | None:
+    """The planned merge as StreamSwap rows, or None where mergekit's executor must run
+    it (tokenizer or vocabulary work, LoRA, pickles, multi-GPU, names the loader resolves
+    through aliases or tied weights, non-float tensors, the opt-out variable)."""
+    from mergekit.io.tasks import FinalizeModel, LoaderCache, SaveTensor
+
+    plan, references = getattr(planner, "_layerswap", (None, {}))
+    options, config = planner.options, planner.config
+    if (
+        plan is None
+        or os.environ.get(STREAM_ENV, "1") == "0"
+        or not options.safe_serialization
+        or options.multi_gpu
+        or options.read_to_gpu
+        or options.unsafe_truncate_embeddings
+        or not all(isinstance(task, (SaveTensor, FinalizeModel)) for task in tasks)
+    ):
+        return None
+    indexes = {name: LoaderCache().get(ref).index for name, ref in references.items()}
+    if any(ref.lora for ref in references.values()) or not all(
+        index.is_safetensors for index in indexes.values()
+    ):
+        return None
+    load = _ST_DTYPES[dtype_from_name(config.dtype)] if config.dtype else None
+    rows = []
+    for save in (task for task in tasks if isinstance(task, SaveTensor)):
+        position = checkpoint.tensor_position(save.tensor_name)
+        weights = swap.tensor_weights(position, plan.num_layers, plan.swap)
+        parts = []
+        for model, weight in weights.items():
+            shard = indexes[model].tensor_paths.get(save.tensor_name)
+            if shard is None:
+                return None
+            path = os.path.join(indexes[model].base_path, shard)
+            item = stream.read_header(path)[save.tensor_name]
+            if item.dtype not in _TORCH_DTYPES:
+                return None
+            parts.append([path, item.dtype, item.shape, item.start, item.end, weight])
+        loaded = [_TORCH_DTYPES[load or part[1]] for part in parts]
+        dtype = dtype_from_name(save.dtype) or functools.reduce(torch.promote_types, loaded)
+        rows.append([save.tensor_name, parts, _ST_DTYPES[dtype], load])
+    return rows
 
 
 def register() -> None:
@@ -151,17 +257,20 @@ def _exit_on_config_error(hook):
 
 
 def guard_planner(plan_module) -> None:
-    """Check and compile every layer_swap config when mergekit's planner starts.
+    """Check, compile and stream every layer_swap config in mergekit's planner.
 
     mergekit silently ignores unknown parameter names and checks nothing across donors;
     `MergePlanner.normalize_config` is the first call that sees the whole configuration, so
     the check runs there, before any tensor is read, and a valid `models:` config is then
-    compiled into minimal-read slices (pinned by tests/test_registration.py).
+    compiled into minimal-read slices. `MergePlanner.plan_to_disk` then swaps mergekit's
+    per-tensor save tasks for one StreamSwap task where `_stream_rows` allows (both hook
+    points pinned by tests/test_registration.py).
     """
     planner = plan_module.MergePlanner
     original = planner.normalize_config
     if getattr(original, "layerswap", False):
         return
+    original_plan = planner.plan_to_disk
 
     @functools.wraps(original)
     def normalize_config(self):
@@ -172,11 +281,23 @@ def guard_planner(plan_module) -> None:
                 if not getattr(sys.excepthook, "layerswap", False):
                     sys.excepthook = _exit_on_config_error(sys.excepthook)
                 raise validate.ConfigError(problems)
-            compile_config(self.config, plan)
+            self._layerswap = plan, compile_config(self.config, plan)
         return original(self)
+
+    @functools.wraps(original_plan)
+    def plan_to_disk(self, out_path: str) -> list:
+        tasks = original_plan(self, out_path)
+        rows = _stream_rows(self, tasks)
+        if rows is None:
+            return tasks
+        options = self.options
+        task = StreamSwap(out_path=out_path, tensors=json.dumps(rows),
+                          max_shard_size=options.out_shard_size, quiet=options.quiet)  # fmt: skip
+        return [task]
 
     normalize_config.layerswap = True
     planner.normalize_config = normalize_config
+    planner.plan_to_disk = plan_to_disk
 
 
 def guard_card(merge_module) -> None:
@@ -200,3 +321,6 @@ def guard_card(merge_module) -> None:
 
     generate_card.layerswap = True
     merge_module.generate_card = generate_card
+
+
+_hook.run_deferred()  # hook callbacks that fired while this module imported mergekit
