@@ -2,9 +2,10 @@
 
 Builds two synthetic Llama-layout experts (random bf16, default ~2 GB each), then runs each
 case R times, interleaved, from a cold page cache (the inputs are evicted with
-posix_fadvise before every run). For each case it prints the median wall time, the same
-minus the interpreter + import start-up of its tool, peak RSS and bytes read from disk
-(both from GNU time), and the ratios the performance goals are stated in.
+posix_fadvise before every run). For each case it prints the median wall time, the net time
+(from the moment the tool's interpreter and imports are done, marked inside each run), peak
+RSS and bytes read from disk (both from GNU time), and the ratios the performance goals are
+stated in. `layer_swap` runs streamed (the default) and with MERGEKIT_LAYERSWAP_STREAM=0.
 
 Usage: python bench/merge_speed.py [--layers 16] [--hidden 2048] [--repeats 3] [--keep DIR]
 """
@@ -24,8 +25,14 @@ from pathlib import Path
 
 import yaml
 
-BIN = Path(sys.executable).parent
 BOTTOM, TOP = 4, 2
+SWAP = "layer_swap via mergekit-yaml (streamed)"
+MERGE = "layer_swap via mergekit-layerswap merge"
+EXECUTOR = "layer_swap via mergekit-yaml, streaming off"
+PASSTHROUGH = "mergekit passthrough slices (same swap)"
+FLOOR = "floor: safetensors read + write"
+SWAP_T = "layer_swap + transition 1 (mergekit-yaml)"
+FLOOR_T = "floor + transition 1"
 
 FLOOR = r"""
 import json, sys, torch
@@ -103,27 +110,45 @@ def evict(folder: Path) -> None:
             os.close(fd)
 
 
-def measure(command: list[str], inputs: list[Path]) -> dict:
+TIMED = r"""
+import runpy, sys, time
+report, kind, *argv = sys.argv[1:]
+if kind == "floor":
+    import safetensors.torch, torch
+elif kind == "mergekit-yaml":
+    import mergekit.merge, mergekit.scripts.run_yaml
+else:
+    import mergekit.config, mergekit.merge, mergekit_layerswap.card, mergekit_layerswap.cli
+with open(report, "w") as handle:
+    handle.write(repr(time.time()))  # interpreter and imports done: the merge starts
+sys.argv = argv
+if kind == "floor":
+    runpy.run_path(argv[0], run_name="__main__")
+elif kind == "mergekit-yaml":
+    mergekit.scripts.run_yaml.main()
+else:
+    sys.exit(mergekit_layerswap.cli.main(argv[1:]))
+"""
+
+
+def measure(kind: str, command: list[str], inputs: list[Path], env: dict, work: Path) -> dict:
+    """Wall time, time after start-up (interpreter + imports, timed inside the run), peak
+    RSS and bytes read from disk (GNU time) of one cold-cache run."""
     for folder in inputs:
         evict(folder)
+    marks = work / "started"
     with tempfile.NamedTemporaryFile("r") as report:
-        start = time.perf_counter()
+        start = time.time()
         subprocess.run(
-            ["/usr/bin/time", "-o", report.name, "-f", "%M %I", *command],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ["/usr/bin/time", "-o", report.name, "-f", "%M %I", sys.executable,
+             str(work / "timed.py"), str(marks), kind, *command],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )  # fmt: skip
-        wall = time.perf_counter() - start
+        end = time.time()
         rss_kb, blocks = report.read().split()[-2:]
-    return {"wall": wall, "rss": int(rss_kb) * 1024, "read": int(blocks) * 512}
-
-
-def startup(code: str) -> float:
-    runs = []
-    for _ in range(3):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True)
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
+    started = float(marks.read_text())
+    return {"wall": end - start, "net": end - started, "rss": int(rss_kb) * 1024,
+            "read": int(blocks) * 512}  # fmt: skip
 
 
 def main() -> None:
@@ -158,81 +183,67 @@ def main() -> None:
     for name, config in configs.items():
         (work / f"{name}.yml").write_text(yaml.safe_dump(config))
     (work / "floor.py").write_text(FLOOR)
+    (work / "timed.py").write_text(TIMED)
     out = work / "out"
 
-    def floor(transition: int) -> list[str]:
-        return [sys.executable, str(work / "floor.py"), str(host), str(donor), str(out),
-                str(BOTTOM), str(TOP), str(transition), str(n)]  # fmt: skip
+    def floor(transition: int) -> tuple[str, list[str], dict]:
+        return ("floor", [str(work / "floor.py"), str(host), str(donor), str(out), str(BOTTOM),
+                          str(TOP), str(transition), str(n)], {})  # fmt: skip
 
-    mergekit_yaml = [str(BIN / "mergekit-yaml"), "--no-copy-tokenizer"]
+    def yaml_run(config: str, **env: str) -> tuple[str, list[str], dict]:
+        command = ["mergekit-yaml", str(work / f"{config}.yml"), str(out), "--no-copy-tokenizer"]
+        return ("mergekit-yaml", command, env)
+
+    merge = ["mergekit-layerswap", "merge", str(work / "swap.yml"), str(out), "--quiet",
+             "--no-copy-tokenizer"]  # fmt: skip
     cases = {
-        "layer_swap (mergekit-yaml)": [*mergekit_yaml[:1], str(work / "swap.yml"), str(out),
-                                       *mergekit_yaml[1:]],
-        "layer_swap (mergekit-layerswap merge)": [str(BIN / "mergekit-layerswap"), "merge",
-                                                  str(work / "swap.yml"), str(out), "--quiet",
-                                                  "--no-copy-tokenizer"],
-        "passthrough slices": [*mergekit_yaml[:1], str(work / "passthrough.yml"), str(out),
-                               *mergekit_yaml[1:]],
-        "linear": [*mergekit_yaml[:1], str(work / "linear.yml"), str(out), *mergekit_yaml[1:]],
-        "floor (safetensors read+write)": floor(0),
-        "layer_swap + transition 1 (mergekit-yaml)": [*mergekit_yaml[:1],
-                                                      str(work / "swap+transition.yml"),
-                                                      str(out), *mergekit_yaml[1:]],
-        "floor + transition 1": floor(1),
-    }  # fmt: skip
-    boot = {
-        "mergekit": startup("import mergekit.scripts.run_yaml, mergekit.merge"),
-        "ours": startup("import mergekit_layerswap.merge, mergekit.merge, mergekit.config"),
-        "floor": startup("import torch, safetensors.torch"),
+        SWAP: yaml_run("swap"),
+        MERGE: ("ours", merge, {}),
+        EXECUTOR: yaml_run("swap", MERGEKIT_LAYERSWAP_STREAM="0"),
+        PASSTHROUGH: yaml_run("passthrough"),
+        "mergekit linear (reads both experts)": yaml_run("linear"),
+        FLOOR: floor(0),
+        SWAP_T: yaml_run("swap+transition"),
+        FLOOR_T: floor(1),
     }
     runs: dict[str, list[dict]] = {name: [] for name in cases}
     for _ in range(args.repeats):
-        for name, command in cases.items():
+        for name, (kind, command, env) in cases.items():
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
-            runs[name].append(measure(command, [host, donor]))
-            output_bytes = (
-                (out / "model.safetensors").stat().st_size
-                if "floor" in name
-                else sum(p.stat().st_size for p in out.glob("*.safetensors"))
-            )
+            runs[name].append(measure(kind, command, [host, donor], {**os.environ, **env}, work))
+    output_bytes = (out / "model.safetensors").stat().st_size  # the last case's (same size)
     shutil.rmtree(out, ignore_errors=True)
 
-    def boot_of(name: str) -> float:
-        return boot["floor" if "floor" in name else "ours" if "merge)" in name else "mergekit"]
-
-    summary = {}
-    print(f"experts: 2 x {(host / 'model.safetensors').stat().st_size / 1e9:.2f} GB, {n} layers,"
-          f" swap bottom {BOTTOM} + top {TOP}; {args.repeats} runs each, cold cache")  # fmt: skip
-    print(f"start-up subtracted: mergekit {boot['mergekit']:.2f} s, ours {boot['ours']:.2f} s, "
-          f"floor {boot['floor']:.2f} s")  # fmt: skip
-    print(f"{'case':<42} {'wall s':>7} {'net s':>7} {'RSS GB':>7} {'read GB':>8}")
-    for name, values in runs.items():
-        wall = statistics.median(v["wall"] for v in values)
-        summary[name] = {
-            "wall": wall, "net": wall - boot_of(name),
-            "rss": statistics.median(v["rss"] for v in values),
-            "read": statistics.median(v["read"] for v in values),
-        }  # fmt: skip
-        s = summary[name]
-        print(
-            f"{name:<42} {wall:7.2f} {s['net']:7.2f} {s['rss'] / 1e9:7.2f} {s['read'] / 1e9:8.2f}"
-        )
-    floor0, floor1 = summary["floor (safetensors read+write)"], summary["floor + transition 1"]
-    ours = summary["layer_swap (mergekit-yaml)"]
+    summary = {
+        name: {key: statistics.median(v[key] for v in values) for key in values[0]}
+        for name, values in runs.items()
+    }
+    size = (host / "model.safetensors").stat().st_size / 1e9
+    print(
+        f"experts: 2 x {size:.2f} GB, {n} layers, swap bottom {BOTTOM} + top {TOP}; "
+        f"median of {args.repeats} cold-cache runs; net = after interpreter + imports"
+    )
+    print(f"{'case':<48} {'wall s':>7} {'net s':>7} {'RSS GB':>7} {'read GB':>8}")
+    for name, s in summary.items():
+        print(f"{name:<48} {s['wall']:7.2f} {s['net']:7.2f} {s['rss'] / 1e9:7.2f} "
+              f"{s['read'] / 1e9:8.2f}")  # fmt: skip
     print(f"\noutput bytes: {output_bytes / 1e9:.2f} GB")
+
+    def ratio(a: str, b: str, key: str = "net") -> float:
+        return summary[a][key] / summary[b][key]
+
     ratios = {
-        "swap net time / floor (target <= 1.10)": ours["net"] / floor0["net"],
-        "merge command net time / floor (target <= 1.10)":
-            summary["layer_swap (mergekit-layerswap merge)"]["net"] / floor0["net"],
-        "swap bytes read / output bytes (target <= 1.05)": ours["read"] / output_bytes,
-        "swap peak RSS / floor peak RSS (target <= 1.10)": ours["rss"] / floor0["rss"],
-        "swap net time / passthrough net time (target <= 1.00)":
-            ours["net"] / summary["passthrough slices"]["net"],
-        "swap net time / linear net time": ours["net"] / summary["linear"]["net"],
-        "swap+transition net time / floor+transition (target <= 1.25)":
-            summary["layer_swap + transition 1 (mergekit-yaml)"]["net"] / floor1["net"],
-    }  # fmt: skip
+        "swap net time / floor (target <= 1.10)": ratio(SWAP, FLOOR),
+        "merge command net time / floor (target <= 1.10)": ratio(MERGE, FLOOR),
+        "swap bytes read / output bytes (target <= 1.05)": summary[SWAP]["read"] / output_bytes,
+        "swap peak RSS / floor peak RSS (target <= 1.10)": ratio(SWAP, FLOOR, "rss"),
+        "swap net time / passthrough (target <= 1.00)": ratio(SWAP, PASSTHROUGH),
+        "merge command net time / passthrough (target <= 1.00)": ratio(MERGE, PASSTHROUGH),
+        "swap without streaming / passthrough": ratio(EXECUTOR, PASSTHROUGH),
+        "swap wall time / passthrough wall time": ratio(SWAP, PASSTHROUGH, "wall"),
+        "swap+transition / floor+transition (target <= 1.25)": ratio(SWAP_T, FLOOR_T),
+    }
     for label, value in ratios.items():
         print(f"{label:<62} {value:5.2f}")
     if not args.keep:
