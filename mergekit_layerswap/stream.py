@@ -27,6 +27,7 @@ from tqdm import tqdm
 _DTYPES = "BOOL U8 I8 F8_E5M2 F8_E4M3 F8_E8M0 I16 U16 F16 BF16 I32 U32 F32 C64 F64 I64 U64"
 DTYPE_RANK = {name: rank for rank, name in enumerate(_DTYPES.split())}
 _CHUNK = 64 << 20
+_BINARY = getattr(os, "O_BINARY", 0)  # Windows opens files in text mode otherwise
 #: How far ahead of the copy the kernel is asked to read (posix_fadvise WILLNEED): reads of
 #: the next tensors overlap the writes of this one, without flooding the page cache.
 PREFETCH = 1 << 30
@@ -135,18 +136,20 @@ def shard_header(tensors: Iterable[OutputTensor]) -> tuple[bytes, list[OutputTen
 def _copy_range(source: int, target: int, start: int, count: int) -> None:
     """Append `count` bytes of `source` from `start` to `target` (in the kernel if it can)."""
     done = 0
-    try:
-        while done < count:
-            copied = os.copy_file_range(source, target, count - done, start + done)
-            if copied == 0:
-                raise OSError(errno.EIO, "unexpected end of input file")
-            done += copied
-        return
-    except OSError as error:
-        if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-    while done < count:  # filesystems without copy_file_range
-        chunk = os.pread(source, min(_CHUNK, count - done), start + done)
+    if hasattr(os, "copy_file_range"):  # Linux; macOS and Windows copy through user space
+        try:
+            while done < count:
+                copied = os.copy_file_range(source, target, count - done, start + done)
+                if copied == 0:
+                    raise OSError(errno.EIO, "unexpected end of input file")
+                done += copied
+            return
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+    os.lseek(source, start + done, os.SEEK_SET)
+    while done < count:  # no copy_file_range, or a filesystem without it
+        chunk = os.read(source, min(_CHUNK, count - done))
         if not chunk:
             raise OSError(errno.EIO, "unexpected end of input file")
         os.write(target, chunk)
@@ -155,7 +158,7 @@ def _copy_range(source: int, target: int, start: int, count: int) -> None:
 
 def _handle(files: dict[str, int], path: str) -> int:
     if path not in files:
-        files[path] = os.open(path, os.O_RDONLY)
+        files[path] = os.open(path, os.O_RDONLY | _BINARY)
     return files[path]
 
 
@@ -166,6 +169,9 @@ def _prefetch(tensors: list[OutputTensor], files: dict[str, int]):
     def inputs(tensor: OutputTensor) -> tuple[Stored, ...]:
         return (tensor.source,) if tensor.source is not None else tensor.reads
 
+    if not hasattr(os, "posix_fadvise"):  # macOS, Windows: the kernel's own read-ahead
+        yield from tensors
+        return
     ahead, issued = 0, 0
     for tensor in tensors:
         while issued < len(tensors) and ahead < PREFETCH:
@@ -180,7 +186,7 @@ def _prefetch(tensors: list[OutputTensor], files: dict[str, int]):
 
 def _write_shard(path: Path, tensors: list[OutputTensor], files: dict, progress: tqdm) -> None:
     header, ordered = shard_header(tensors)
-    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _BINARY, 0o644)
     try:
         os.write(target, header)
         for tensor in _prefetch(ordered, files):

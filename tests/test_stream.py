@@ -112,15 +112,21 @@ def test_a_failed_write_leaves_no_model_file(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_copies_without_copy_file_range(tmp_path, monkeypatch):
-    """Filesystems without copy_file_range (EXDEV, ENOSYS, ...) get a read/write copy."""
+@pytest.mark.parametrize("system", ["filesystem without copy_file_range", "macOS"])
+def test_copies_without_copy_file_range(system, tmp_path, monkeypatch):
+    """Filesystems refusing copy_file_range (EXDEV, ENOSYS, ...) and systems without it or
+    posix_fadvise get a read/write copy with the same bytes."""
     data = sample_tensors()
     stored = split_sources(tmp_path, data)
 
     def unsupported(*args):
         raise OSError(errno.EXDEV, "cross-device")
 
-    monkeypatch.setattr(os, "copy_file_range", unsupported)
+    if system == "macOS":
+        monkeypatch.delattr(os, "copy_file_range")
+        monkeypatch.delattr(os, "posix_fadvise")
+    else:
+        monkeypatch.setattr(os, "copy_file_range", unsupported)
     stream.write_model(tmp_path / "ours", as_output(data, stored, computed=()), quiet=True)
     save_file(data, tmp_path / "reference.safetensors", metadata={"format": "pt"})
     ours = (tmp_path / "ours" / "model.safetensors").read_bytes()
