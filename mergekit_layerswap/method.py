@@ -207,7 +207,10 @@ def _stream_rows(planner, tasks: list) -> list[list] | None:
         index.is_safetensors for index in indexes.values()
     ):
         return None
-    load = _ST_DTYPES[dtype_from_name(config.dtype)] if config.dtype else None
+    load = _ST_DTYPES.get(dtype_from_name(config.dtype)) if config.dtype else None
+    if config.dtype and load is None:
+        return None
+    headers: dict[str, dict[str, stream.Stored]] = {}
     rows = []
     for save in (task for task in tasks if isinstance(task, SaveTensor)):
         position = checkpoint.tensor_position(save.tensor_name)
@@ -218,12 +221,16 @@ def _stream_rows(planner, tasks: list) -> list[list] | None:
             if shard is None:
                 return None
             path = os.path.join(indexes[model].base_path, shard)
-            item = stream.read_header(path)[save.tensor_name]
+            if path not in headers:
+                headers[path] = stream.read_header(path)
+            item = headers[path][save.tensor_name]
             if item.dtype not in _TORCH_DTYPES:
                 return None
             parts.append([path, item.dtype, item.shape, item.start, item.end, weight])
         loaded = [_TORCH_DTYPES[load or part[1]] for part in parts]
         dtype = dtype_from_name(save.dtype) or functools.reduce(torch.promote_types, loaded)
+        if dtype not in _ST_DTYPES:
+            return None
         rows.append([save.tensor_name, parts, _ST_DTYPES[dtype], load])
     return rows
 

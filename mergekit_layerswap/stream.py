@@ -18,7 +18,6 @@ import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from tqdm import tqdm
@@ -44,7 +43,6 @@ class Stored:
     end: int
 
 
-@lru_cache(maxsize=256)
 def read_header(path: str) -> dict[str, Stored]:
     """Every tensor of one safetensors file (reads only the header)."""
     with open(path, "rb") as handle:
