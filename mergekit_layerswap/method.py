@@ -113,17 +113,25 @@ def compile_config(config, plan: validate.LayerSwapPlan) -> dict[str, ModelRefer
 
     Each slice lists only the models its layers use (`slice_weights` says how much of
     each); a slice without the host names its own donor as base_model, as mergekit's input
-    contract wants a base in every slice.
+    contract wants a base in every slice. mergekit 0.1.5 plans the final norm and head with
+    as many inputs as the *first* slice has sources, so when the head is a blend of more
+    models than the embeddings, the first (zero-length) slice also lists the head's other
+    models, with no weight (pinned by tests/test_merge_integration.py).
     """
     from mergekit.config import InputSliceDefinition, OutputSliceDefinition
 
     references = {str(m.model): m.model for m in config.models}
     references.setdefault(str(config.base_model), config.base_model)
+    specs = compile_slices(plan.swap, plan.num_layers)
+    head_only = [name for name in specs[-1].weights if name not in specs[0].weights]
     slices = []
-    for spec in compile_slices(plan.swap, plan.num_layers):
+    for spec in specs:
+        names = list(spec.weights)
+        if spec is specs[0]:
+            names += head_only[: len(specs[-1].weights) - len(names)]
         sources = [
             InputSliceDefinition(model=references[name], layer_range=(spec.start, spec.end))
-            for name in spec.weights
+            for name in names
         ]
         base = plan.host if plan.host in spec.weights else next(iter(spec.weights))
         slices.append(

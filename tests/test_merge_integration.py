@@ -6,6 +6,7 @@ every output tensor is compared with its source: copies bit for bit, blends nume
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +22,14 @@ pytestmark = pytest.mark.slow
 MERGEKIT_YAML = Path(sys.executable).with_name("mergekit-yaml")
 
 
-def mergekit_yaml(raw: dict, tmp_path: Path, name: str = "out") -> Path:
+def mergekit_yaml(raw: dict, tmp_path: Path, name: str = "out", **env: str) -> Path:
     config = tmp_path / f"{name}.yml"
     config.write_text(yaml.safe_dump(raw))
     out = tmp_path / name
     result = subprocess.run(
-        [str(MERGEKIT_YAML), str(config), str(out)], capture_output=True, text=True, timeout=600
-    )
+        [str(MERGEKIT_YAML), str(config), str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, **env},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -86,6 +88,18 @@ def test_middle_swap_two_layer_transitions(make_model, tmp_path):
     third, two_thirds = {D: 1 / 3, H: 2 / 3}, {D: 2 / 3, H: 1 / 3}
     layer_map = [{H: 1}, third, two_thirds, {D: 1}, {D: 1}, two_thirds, third, {H: 1}]
     check(out, {H: native, D: reasoner}, layer_map, {"pre": {H: 1}, "post": {H: 1}})
+    forward(out)
+
+
+def test_head_after_a_last_layer_transition_is_blended(make_model, tmp_path):
+    """The head blends two models while the embeddings come from one: mergekit 0.1.5 plans
+    the head with the first slice's source count, which the compiled slices must allow for."""
+    host, donor = make_model("llama", 8, seed=1), make_model("llama", 8, seed=2)
+    raw = layer_swap(host, {donor: {"layers": "5-6"}}, transition=1)
+    layer_map = [{H: 1}, {H: 1}, {H: 1}, {H: 1}, HALF, {D: 1}, {D: 1}, HALF]
+    for streamed in ("1", "0"):
+        out = mergekit_yaml(raw, tmp_path, f"out-{streamed}", MERGEKIT_LAYERSWAP_STREAM=streamed)
+        check(out, {H: host, D: donor}, layer_map, {"pre": {H: 1}, "post": HALF})
     forward(out)
 
 

@@ -171,6 +171,39 @@ def test_streamed_merge_equals_mergekits_executor_file_for_file(case, make_model
         assert (streamed / name).read_bytes() == (executed / name).read_bytes(), name
 
 
+def reshard(model: Path, out: Path, shards: int) -> Path:
+    """A copy of `model` whose weights are split over `shards` files plus an index, as Hub
+    checkpoints are."""
+    out.mkdir()
+    for path in model.iterdir():
+        if path.suffix != ".safetensors":
+            (out / path.name).write_bytes(path.read_bytes())
+    data = tensors(model)
+    names = sorted(data)
+    weight_map = {}
+    for index in range(shards):
+        shard = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
+        part = names[index::shards]
+        save_file({n: data[n] for n in part}, out / shard, metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(part, shard)
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    return out
+
+
+@pytest.mark.slow
+def test_sharded_inputs_stream_the_same_files(make_model, tmp_path):
+    host = reshard(make_model("llama", 8, seed=1), tmp_path / "host", 3)
+    donor = reshard(make_model("llama", 8, seed=2), tmp_path / "donor", 2)
+    raw = layer_swap(host, {donor: {"bottom": 2, "layers": "5-6"}}, transition=1)
+    streamed = run_mergekit(raw, tmp_path / "streamed", "--no-copy-tokenizer")
+    executed = run_mergekit(raw, tmp_path / "executed", "--no-copy-tokenizer", stream_on=False)
+    files = sorted(p.name for p in executed.iterdir())
+    assert sorted(p.name for p in streamed.iterdir()) == files
+    for name in files:
+        assert (streamed / name).read_bytes() == (executed / name).read_bytes(), name
+
+
 @pytest.mark.slow
 def test_streamed_shards_hold_the_same_tensors(make_model, tmp_path):
     host, donor = make_model("llama", 8, seed=1), make_model("llama", 8, seed=2)
