@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import struct
 from collections.abc import Callable, Iterable
@@ -87,10 +88,7 @@ class OutputTensor:
     def nbytes(self) -> int:
         if self.source is not None:
             return self.source.end - self.source.start
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count * _itemsize(self.dtype)
+        return math.prod(self.shape) * _itemsize(self.dtype)
 
 
 def _itemsize(dtype: str) -> int:
