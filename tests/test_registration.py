@@ -34,6 +34,18 @@ def test_importing_mergekit_registers_layer_swap_and_the_config_check():
     assert out == "layer_swap required True"
 
 
+def test_importing_our_method_module_first_installs_every_hook():
+    """`import mergekit_layerswap.method` imports mergekit itself; the hook's callbacks that
+    fire meanwhile run once the module is complete (no circular import)."""
+    out = run_python(
+        "import mergekit_layerswap.method as ours\n"
+        "import mergekit.merge, mergekit.merge_methods as mm, mergekit.plan as plan\n"
+        "print(mm.get('layer_swap') is ours.layer_swap, "
+        "plan.MergePlanner.normalize_config.layerswap, mergekit.merge.generate_card.layerswap)"
+    )
+    assert out == "True True True"
+
+
 def test_mergekit_config_keys_are_pinned():
     """validate.MERGEKIT_KEYS mirrors mergekit's MergeConfiguration (fails if mergekit changes)."""
     from mergekit.config import MergeConfiguration
