@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Hashable
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Literal
 
@@ -145,13 +146,24 @@ def compile_config(config, plan: validate.LayerSwapPlan) -> dict[str, ModelRefer
     return references
 
 
+@dataclass(frozen=True)
+class _Row:
+    """One output tensor of a streamed swap: its sources as (stored tensor, weight), its
+    output dtype, and the dtype mergekit's loader casts inputs to (None: no cast)."""
+
+    name: str
+    parts: tuple[tuple[stream.Stored, float], ...]
+    dtype: str
+    load: str | None
+
+
 class StreamSwap(Task[None]):
     """A whole layer swap as one mergekit task: copied tensors go from file to file in the
     kernel, transition tensors are blended with `combine`; the bytes equal those of
     mergekit's per-tensor tasks, which it replaces (see `guard_planner`)."""
 
     out_path: str
-    tensors: str  # JSON rows from _stream_rows
+    tensors: tuple[_Row, ...]
     max_shard_size: int
     quiet: bool = False
 
@@ -164,18 +176,18 @@ class StreamSwap(Task[None]):
     def execute(self) -> None:
         stream.write_model(
             self.out_path,
-            [_output_tensor(*row) for row in json.loads(self.tensors)],
+            [_output_tensor(row) for row in self.tensors],
             max_shard_size=self.max_shard_size,
             index_metadata={"mergekit_version": version("mergekit")},
             quiet=self.quiet,
         )
 
 
-def _output_tensor(name: str, parts: list, dtype: str, load: str | None) -> stream.OutputTensor:
-    """A row of _stream_rows as the writer's tensor: a byte copy when it has one source and
-    no cast, otherwise computed as mergekit would (cast to `load`, align, combine, cast)."""
-    stored = [stream.Stored(path, st_dtype, tuple(shape), start, end)
-              for path, st_dtype, shape, start, end, _ in parts]  # fmt: skip
+def _output_tensor(row: _Row) -> stream.OutputTensor:
+    """A row as the writer's tensor: a byte copy when it has one source and no cast,
+    otherwise computed as mergekit would (cast to `load`, align, combine, cast)."""
+    stored = [item for item, _ in row.parts]
+    name, dtype, load = row.name, row.dtype, row.load
     if len(stored) == 1 and stored[0].dtype == dtype and load in (None, dtype):
         return stream.OutputTensor(name, dtype, stored[0].shape, source=stored[0])
 
@@ -186,13 +198,13 @@ def _output_tensor(name: str, parts: list, dtype: str, load: str | None) -> stre
             tensor = torch.frombuffer(raw, dtype=_TORCH_DTYPES[item.dtype]).reshape(item.shape)
             tensors.append(tensor.to(_TORCH_DTYPES[load]) if load else tensor)
         aligned = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
-        result = combine([t.to(aligned) for t in tensors], [part[-1] for part in parts])
+        result = combine([t.to(aligned) for t in tensors], [w for _, w in row.parts])
         return memoryview(result.to(_TORCH_DTYPES[dtype]).contiguous().view(torch.uint8).numpy())
 
     return stream.OutputTensor(name, dtype, stored[0].shape, compute=compute, reads=tuple(stored))
 
 
-def _stream_rows(planner, tasks: list) -> list[list] | None:
+def _stream_rows(planner, tasks: list) -> tuple[_Row, ...] | None:
     """The planned merge as StreamSwap rows, or None where mergekit's executor must run
     it (tokenizer or vocabulary work, LoRA, pickles, multi-GPU, names the loader resolves
     through aliases or tied weights, non-float tensors, the opt-out variable)."""
@@ -234,13 +246,13 @@ def _stream_rows(planner, tasks: list) -> list[list] | None:
             item = headers[path][save.tensor_name]
             if item.dtype not in _TORCH_DTYPES:
                 return None
-            parts.append([path, item.dtype, item.shape, item.start, item.end, weight])
-        loaded = [_TORCH_DTYPES[load or part[1]] for part in parts]
+            parts.append((item, weight))
+        loaded = [_TORCH_DTYPES[load or item.dtype] for item, _ in parts]
         dtype = dtype_from_name(save.dtype) or functools.reduce(torch.promote_types, loaded)
         if dtype not in _ST_DTYPES:
             return None
-        rows.append([save.tensor_name, parts, _ST_DTYPES[dtype], load])
-    return rows
+        rows.append(_Row(save.tensor_name, tuple(parts), _ST_DTYPES[dtype], load))
+    return tuple(rows)
 
 
 def register() -> None:
@@ -306,7 +318,7 @@ def guard_planner(plan_module) -> None:
         if rows is None:
             return tasks
         options = self.options
-        task = StreamSwap(out_path=out_path, tensors=json.dumps(rows),
+        task = StreamSwap(out_path=out_path, tensors=rows,
                           max_shard_size=options.out_shard_size, quiet=options.quiet)  # fmt: skip
         return [task]
 
