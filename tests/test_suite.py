@@ -178,7 +178,7 @@ BAD = [
     (lambda r: {**r, "sweep": {**r["sweep"], "top": [7]}},
      "swap-t7-tr0: models[1].parameters.top: top=7 exceeds the model's 6 layers"),
     (lambda r: {**r, "merges": [{**r["merges"][1], "merge_method": "dare_tie"}]},
-     "dare: merge_method/config: Unimplemented merge method dare_tie"),
+     "dare: merge_method: unknown method 'dare_tie'; did you mean 'dare_ties'?"),
     (lambda r: {**r, "merges": [{**r["merges"][0], "paramters": {}}]},
      "merges[0] (swap).paramters: not a mergekit config key; did you mean 'parameters'"),
     (lambda r: {**r, "evaluation": {"languages": ["xx"]}}, "evaluation: "),

@@ -7,14 +7,16 @@ skipped when its key says it already finished (see `store`). `--dry-run` prints 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mergekit_layerswap import card, hub, merge, validate
-from mergekit_layerswap.evaluate.identity import resolve_model
+from mergekit_layerswap import card, checkpoint, hub, merge, validate
+from mergekit_layerswap.evaluate.identity import fingerprint_dir, resolve_model
 from mergekit_layerswap.evaluate.settings import EvalSettings
+from mergekit_layerswap.evaluate.tasks import EvalInputError, check_data_dir
 from mergekit_layerswap.suite import leaderboard
-from mergekit_layerswap.suite.schema import Entry, Suite
+from mergekit_layerswap.suite.schema import Entry, Suite, SuiteError
 from mergekit_layerswap.suite.store import Store, digest, read_json, write_json
 from mergekit_layerswap.suite.sweep import InMemorySweep
 
@@ -42,24 +44,68 @@ def _model_path(entry: Entry, store: Store) -> str:
     return entry.model if entry.kind == "input" else str(store.merge_dir(entry.name))
 
 
-def entry_key(entry: Entry, versions: dict[str, str]) -> str:
+def _fingerprint(reference: str) -> str:
+    """A model's fingerprint, and its LoRA adapter's (`model+adapter`) when it has one."""
+    model, plus, adapter = reference.partition("+")
+    found = resolve_model(model).fingerprint
+    if not plus:
+        return found
+    local = checkpoint.looks_local(adapter)
+    return f"{found}+{fingerprint_dir(Path(adapter).expanduser()) if local else adapter}"
+
+
+def _references(entry: Entry) -> list[str]:
+    if entry.kind == "input":
+        return [entry.model]
+    found = {m["model"] for m in entry.config.get("models", [])}
+    if entry.config.get("base_model"):
+        found.add(entry.config["base_model"])
+    return sorted(found)
+
+
+def entry_key(entry: Entry, versions: dict[str, str], fingerprints: dict[str, str]) -> str:
     """Hash of what decides an entry's weights: its config, its inputs' identity, versions."""
     if entry.kind == "input":
-        return digest("input", resolve_model(entry.model).fingerprint)
-    references = {m["model"] for m in entry.config.get("models", [])}
-    if entry.config.get("base_model"):
-        references.add(entry.config["base_model"])
-    inputs = {ref: resolve_model(ref.split("+")[0]).fingerprint for ref in sorted(references)}
+        return digest("input", fingerprints[entry.model])
+    inputs = {ref: fingerprints[ref] for ref in _references(entry)}
     return digest("merge", entry.config, entry.random_seed, inputs, versions)
 
 
-def plan(suite: Suite, store: Store, settings: EvalSettings, entries, force: bool) -> list[Step]:
+def preflight(entries: tuple[Entry, ...], settings: EvalSettings, out: Path) -> dict[str, str]:
+    """Check everything a run needs before its first merge, every problem at once (a
+    SuiteError): the data folder, every input model, the output folder. Returns the input
+    models' fingerprints."""
+    problems, fingerprints = [], {}
+    if settings.data_dir is not None:
+        try:
+            check_data_dir(settings.data_dir, settings.languages)
+        except EvalInputError as error:
+            problems.append(f"evaluation.data_dir: {error}")
+    for reference in sorted({ref for entry in entries for ref in _references(entry)}):
+        try:
+            fingerprints[reference] = _fingerprint(reference)
+        except (EvalInputError, OSError) as error:
+            problems.append(f"models: {error}")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(
+            f"{out}: cannot create or write this output folder ({existing} is not a writable "
+            "folder); choose another OUT_DIR"
+        )
+    if problems:
+        raise SuiteError(problems)
+    return fingerprints
+
+
+def plan(
+    store: Store, settings: EvalSettings, entries, fingerprints: dict[str, str], force: bool
+) -> list[Step]:
     """Decide, from keys alone, which merges and evaluations must run."""
     versions = _versions()
     score_settings = {k: v for k, v in asdict(settings).items() if k not in _NOT_IN_KEY}
     steps = []
     for entry in entries:
-        key = entry_key(entry, versions)
+        key = entry_key(entry, versions, fingerprints)
         eval_key = digest(key, score_settings, versions)
         scored = not force and store.result(entry.name, key, eval_key) is not None
         merge_needed = (
@@ -115,15 +161,28 @@ def run_suite(
     force: bool = False,
     cuda: bool = False,
 ) -> list[dict]:
-    """Merge, score and rank; returns the leaderboard rows (empty on a dry run)."""
-    from mergekit_layerswap.evaluate.run import evaluate_models
+    """Merge, score and rank; returns the leaderboard rows (empty on a dry run).
 
+    Every input is checked before the first merge; the output folder is locked for the run.
+    """
     store = Store(Path(out_dir))
     settings = suite.evaluation.settings(limit=limit, data_dir=data_dir)
-    steps = plan(suite, store, settings, suite.select(only), force)
+    entries = suite.select(only)
+    fingerprints = preflight(entries, settings, store.root)
+    for dropped, kept in suite.duplicates.items():
+        print(f"{dropped}: the same configuration as {kept}, scored once", flush=True)
     if dry_run:
-        print("\n".join(describe(steps)))
+        print("\n".join(describe(plan(store, settings, entries, fingerprints, force))))
         return []
+    with store.lock():
+        steps = plan(store, settings, entries, fingerprints, force)
+        return _run(suite, store, settings, steps, cuda)
+
+
+def _run(suite: Suite, store: Store, settings: EvalSettings, steps: list[Step], cuda: bool):
+    """Merge, score, publish and rank the planned steps (the output folder is locked)."""
+    from mergekit_layerswap.evaluate.run import evaluate_models
+
     pushed = set(suite.push.merges) if suite.push else set()
     merges = [s for s in steps if s.merge_needed]
     evals = [s for s in steps if s.eval_needed]

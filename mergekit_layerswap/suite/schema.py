@@ -11,6 +11,8 @@ import copy
 import dataclasses
 import difflib
 import itertools
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +25,20 @@ from mergekit_layerswap.evaluate.tasks import EvalInputError
 
 #: mergekit methods that draw random numbers: the suite fixes and records their seed.
 RANDOMIZED = frozenset({"dare_ties", "dare_linear", "della", "della_linear"})
+#: Names that become file and folder names (merges, sweep variants, aliases) and Hub repo
+#: names (pushed merges): letters, digits, `.`, `_`, `-`; starting and ending with a letter or
+#: digit; no `..`; at most 96 characters (the Hub's limit).
+SAFE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
+
+
+def name_problem(name: object, where: str) -> str | None:
+    """Why `name` cannot name a file of the suite's output, or None if it can."""
+    if isinstance(name, str) and SAFE_NAME.fullmatch(name) and ".." not in name:
+        return None
+    return (
+        f"{where}: {name!r} cannot be used as a name (it becomes a folder under OUT_DIR); "
+        "use letters, digits, '.', '_' and '-', starting and ending with a letter or digit"
+    )
 
 
 class SuiteError(ValueError):
@@ -121,6 +137,8 @@ class Suite:
     keep_weights: bool
     aliases: dict[str, str]
     push: Push | None = None
+    #: sweep variants dropped because an earlier entry has the same configuration: {dropped: kept}
+    duplicates: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def select(self, names: list[str] | None) -> tuple[Entry, ...]:
         """The entries named by `--only` (all when None); unknown names are a SuiteError."""
@@ -134,54 +152,64 @@ class Suite:
         return tuple(e for e in self.entries if e.name in names)
 
 
-def _resolve(value: Any, aliases: dict[str, str], where: str, problems: list[str]) -> Any:
-    """Replace an alias (optionally `alias+lora`) by what it stands for."""
-    if not isinstance(value, str):
-        problems.append(f"{where}: expected a model alias, got {value!r}")
-        return value
-    name, plus, lora = value.partition("+")
-    if name not in aliases:
-        guess = difflib.get_close_matches(name, list(aliases), n=1)
-        hint = (
-            f"did you mean {guess[0]!r}?"
-            if guess
-            else f"define it under models: ({', '.join(aliases)})"
-        )
-        problems.append(f"{where}: {name!r} is not a model alias; {hint}")
-        return value
-    target = aliases[name]
-    if checkpoint.looks_local(target):  # absolute, so saved configs work from any folder
-        target = str(Path(target).expanduser().resolve())
-    return target + (plus + lora if plus else "")
+@dataclass
+class _Aliases:
+    """The suite's model aliases, resolved against the suite file's folder."""
+
+    targets: dict[str, str]
+    base_dir: Path
+    problems: list[str]
+
+    def locate(self, target: str) -> str:
+        """A reference as mergekit reads it: every local part of `model+lora` absolute (a
+        relative one is taken from the suite file's folder); Hub ids unchanged."""
+        parts = []
+        for part in target.split("+"):
+            local = self.base_dir / Path(part).expanduser()  # an absolute part stays absolute
+            is_local = checkpoint.looks_local(part) or local.exists()
+            parts.append(str(local.resolve()) if is_local else part)
+        return "+".join(parts)
+
+    def resolve(self, value: Any, where: str) -> Any:
+        """Replace an alias (optionally `alias+lora`) by the reference it stands for."""
+        if not isinstance(value, str):
+            self.problems.append(f"{where}: expected a model alias, got {value!r}")
+            return value
+        name, plus, lora = value.partition("+")
+        if name not in self.targets:
+            guess = difflib.get_close_matches(name, list(self.targets), n=1)
+            hint = (f"did you mean {guess[0]!r}?" if guess
+                    else f"define it under models: ({', '.join(self.targets)})")
+            self.problems.append(f"{where}: {name!r} is not a model alias; {hint}")
+            return value
+        return self.locate(self.targets[name] + (plus + lora if plus else ""))
 
 
-def _merge_entry(
-    index: int, raw: dict, aliases: dict[str, str], seed: int, problems: list[str]
-) -> Entry | None:
+def _merge_entry(index: int, raw: Any, aliases: _Aliases, seed: int) -> Entry | None:
     where = f"merges[{index}]"
-    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+    problems = aliases.problems
+    if not isinstance(raw, dict) or "name" not in raw:
         problems.append(f"{where}.name: missing; give every merge a unique name")
         return None
     name = raw["name"]
+    if (problem := name_problem(name, f"{where}.name")) is not None:
+        problems.append(problem)
+        return None
     where = f"merges[{index}] ({name})"
     config = copy.deepcopy({k: v for k, v in raw.items() if k != "name"})
-    for key in sorted(set(config) - validate.MERGEKIT_KEYS):
-        guess = difflib.get_close_matches(key, sorted(validate.MERGEKIT_KEYS), n=1)
+    for key in sorted(set(config) - validate.MERGEKIT_KEYS, key=str):
+        guess = difflib.get_close_matches(str(key), sorted(validate.MERGEKIT_KEYS), n=1)
         hint = f"did you mean {guess[0]!r}?" if guess else "remove it"
         problems.append(f"{where}.{key}: not a mergekit config key; {hint}")
     if "merge_method" not in config:
         problems.append(f"{where}.merge_method: missing (e.g. layer_swap, linear, ties)")
     if config.get("base_model") is not None:
-        config["base_model"] = _resolve(
-            config["base_model"], aliases, f"{where}.base_model", problems
-        )
+        config["base_model"] = aliases.resolve(config["base_model"], f"{where}.base_model")
     models = config.get("models")
     if isinstance(models, list):
         for i, model in enumerate(models):
             if isinstance(model, dict) and "model" in model:
-                model["model"] = _resolve(
-                    model["model"], aliases, f"{where}.models[{i}].model", problems
-                )
+                model["model"] = aliases.resolve(model["model"], f"{where}.models[{i}].model")
             else:
                 problems.append(
                     f"{where}.models[{i}]: write `- model: ALIAS` (with optional parameters)"
@@ -193,15 +221,21 @@ def _merge_entry(
                  random_seed=seed if method in RANDOMIZED else None)  # fmt: skip
 
 
-def _sweep_entries(sweep: Sweep, aliases: dict[str, str], problems: list[str]) -> list[Entry]:
-    host = _resolve(sweep.base_model, aliases, "sweep.base_model", problems)
-    donor = _resolve(sweep.donor, aliases, "sweep.donor", problems)
+def _sweep_entries(sweep: Sweep, aliases: _Aliases, in_memory: bool) -> list[Entry]:
+    host = aliases.resolve(sweep.base_model, "sweep.base_model")
+    donor = aliases.resolve(sweep.donor, "sweep.donor")
+    # an adapter must be merged into its model first: only mergekit does that (on disk)
+    in_memory = in_memory and "+" not in f"{host}{donor}"
     entries = []
     for bottom, top, transition, layers in itertools.product(
         sweep.bottom, sweep.top, sweep.transition, sweep.layers
     ):
         parts = [f"b{bottom}" if bottom else "", f"t{top}" if top else "",
                  f"l{layers.replace(',', '_')}" if layers else "", f"tr{transition}"]  # fmt: skip
+        name = "swap-" + "-".join(p for p in parts if p)
+        if (problem := name_problem(name, f"sweep (layers: {layers!r})")) is not None:
+            aliases.problems.append(problem)
+            continue
         donor_parameters = {
             k: v for k, v in (("bottom", bottom), ("top", top), ("layers", layers)) if v
         }
@@ -213,24 +247,63 @@ def _sweep_entries(sweep: Sweep, aliases: dict[str, str], problems: list[str]) -
         }
         if sweep.dtype:
             config["dtype"] = sweep.dtype
-        entries.append(Entry("swap-" + "-".join(p for p in parts if p), "sweep", validate.METHOD,
-                             config=config))  # fmt: skip
+        entries.append(Entry(name, "sweep", validate.METHOD, config=config, in_memory=in_memory))
     return entries
 
 
-def _merge_problems(config: dict) -> list[str]:
-    """layer_swap: our full check; other methods: mergekit's own config model and registry."""
-    if config.get("merge_method") == validate.METHOD:
-        return validate.check(config)
+def _unknown(name: str, known: list[str]) -> str:
+    guess = difflib.get_close_matches(name, known, n=1)
+    return (f"did you mean {guess[0]!r}? " if guess else "") + f"known: {', '.join(known)}"
+
+
+def _method_problems(config: dict) -> list[str]:
+    """Any other method: mergekit's registry, its config model, and the parameter names and
+    scopes the method's own spec declares (mergekit ignores unknown names silently)."""
     from mergekit import merge_methods
     from mergekit.config import MergeConfiguration
+    from mergekit.merge_methods.base import ParameterScope
 
+    name = config.get("merge_method")
+    known = sorted(m.spec.name for m in merge_methods.registered_methods())
+    if name not in known:
+        return [f"merge_method: unknown method {name!r}; {_unknown(str(name), known)}"]
     try:
-        merge_methods.get(config.get("merge_method", ""))
         MergeConfiguration.model_validate(config)
-    except (RuntimeError, ValueError) as error:
-        return [f"merge_method/config: {str(error).splitlines()[0]}"]
-    return []
+    except ValidationError as error:
+        return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]
+    spec = merge_methods.get(name).spec
+    shared = {p.name for p in spec.shared_parameters}
+    allowed = sorted(shared | {p.name for p in spec.input_parameters})
+    top = config.get("parameters") or {}
+    problems = [f"parameters.{key}: not a {name} parameter; {_unknown(str(key), allowed)}"
+                for key in top if key not in allowed]  # fmt: skip
+    problems += [f"parameters.{p.name}: {name} requires it; add it"
+                 for p in spec.shared_parameters if p.required and p.name not in top]  # fmt: skip
+    for i, model in enumerate(config.get("models") or []):
+        where = f"models[{i}].parameters"
+        given = model.get("parameters") or {}
+        for key in given:
+            if key in shared:
+                problems.append(f"{where}.{key}: applies to the whole merge; move it to the "
+                                "top-level parameters")  # fmt: skip
+            elif key not in allowed:
+                problems.append(f"{where}.{key}: not a {name} parameter; "
+                                f"{_unknown(str(key), allowed)}")  # fmt: skip
+        is_base = model.get("model") == config.get("base_model")
+        problems += [
+            f"{where}.{p.name}: {name} requires it for every model; add it"
+            for p in spec.input_parameters
+            if p.required and p.name not in given and p.name not in top
+            and not (is_base and p.scope == ParameterScope.NON_BASE)
+        ]  # fmt: skip
+    return problems
+
+
+def _merge_problems(config: dict) -> list[str]:
+    """layer_swap: our full check; other methods: mergekit's own config model and spec."""
+    if config.get("merge_method") == validate.METHOD:
+        return validate.check(config)
+    return _method_problems(config)
 
 
 def _pydantic_problems(error: ValidationError) -> list[str]:
@@ -244,8 +317,65 @@ def _pydantic_problems(error: ValidationError) -> list[str]:
     return problems
 
 
-def parse_suite(raw: Any) -> Suite:
-    """Validate a loaded suite file; SuiteError lists every problem."""
+def _canonical(config: dict) -> str:
+    """What decides a merge's weights, written one way (a sweep variant equal to a merge of
+    the suite has the same canonical form, however its YAML spells the parameters)."""
+    if config.get("merge_method") == validate.METHOD:
+        rest = {k: v for k, v in config.items() if k not in ("base_model", "models", "parameters")}
+        config = {"swap": dataclasses.asdict(validate.swap_config(config)), **rest}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _without_duplicates(entries: list[Entry]) -> tuple[list[Entry], dict[str, str]]:
+    """Drop sweep variants whose configuration an earlier entry already has."""
+    kept: list[Entry] = []
+    first: dict[str, str] = {}
+    duplicates: dict[str, str] = {}
+    for entry in entries:
+        form = _canonical(entry.config) if entry.config is not None else None
+        if form is not None and form in first and entry.kind == "sweep":
+            duplicates[entry.name] = first[form]
+            continue
+        if form is not None:
+            first.setdefault(form, entry.name)
+        kept.append(entry)
+    return kept, duplicates
+
+
+def _name_problems(entries: list[Entry], aliases: dict[str, str]) -> list[str]:
+    problems = [p for alias in aliases if (p := name_problem(alias, f"models.{alias}"))]
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.name.lower() in seen:
+            problems.append(f"{entry.name}: name used twice (names are folder names, so case "
+                            "does not count); every merge and input needs its own")
+        seen.add(entry.name.lower())
+    return problems
+
+
+def _push_problems(push: Push | None, merged: set[str]) -> list[str]:
+    if push is None:
+        return []
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    problems = []
+    for name in push.merges:
+        if name not in merged:
+            problems.append(f"push.merges: {name!r} is not a merge of this suite")
+            continue
+        try:
+            validate_repo_id(f"{push.namespace}/{name}")
+        except HFValidationError as error:
+            problems.append(f"push.namespace: {error}".splitlines()[0])
+    return problems
+
+
+def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
+    """Validate a loaded suite file; SuiteError lists every problem.
+
+    Relative model paths and `evaluation.data_dir` are taken from `base_dir` (the suite
+    file's folder; default: the current folder).
+    """
     if not isinstance(raw, dict):
         raise SuiteError(["the suite file must be a mapping with models, merges, evaluation"])
     try:
@@ -253,52 +383,54 @@ def parse_suite(raw: Any) -> Suite:
     except ValidationError as error:
         raise SuiteError(_pydantic_problems(error)) from None
     problems: list[str] = []
+    base = Path(base_dir or ".").resolve()
+    aliases = _Aliases({}, base, problems)
+    aliases.targets = {alias: aliases.locate(target) for alias, target in spec.models.items()}
     entries = [
-        Entry(
-            alias,
-            "input",
-            "-",
-            model=_resolve(alias, spec.models, f"evaluate_inputs[{i}]", problems),
-        )
+        Entry(alias, "input", "-", model=aliases.resolve(alias, f"evaluate_inputs[{i}]"))
         for i, alias in enumerate(spec.evaluate_inputs)
     ]
-    entries += [e for i, m in enumerate(spec.merges)
-                if (e := _merge_entry(i, m, spec.models, spec.seed, problems))]  # fmt: skip
+    for i, merge in enumerate(spec.merges):
+        before = len(problems)
+        entry = _merge_entry(i, merge, aliases, spec.seed)
+        if entry is not None and len(problems) == before:  # resolved: check the method too
+            problems += [f"{entry.name}: {p}" for p in _merge_problems(entry.config)]
+        entries += [entry] if entry is not None else []
     if spec.sweep:
         published = set(spec.push.merges) if spec.push else set()
         in_memory = spec.sweep.in_memory and spec.evaluation.backend == "hf"
-        entries += [
-            dataclasses.replace(e, in_memory=in_memory and e.name not in published)
-            for e in _sweep_entries(spec.sweep, spec.models, problems)
+        before = len(problems)
+        variants = [
+            dataclasses.replace(e, in_memory=e.in_memory and e.name not in published)
+            for e in _sweep_entries(spec.sweep, aliases, in_memory)
         ]
-    seen: set[str] = set()
-    for entry in entries:
-        if entry.name in seen:
-            problems.append(f"{entry.name}: name used twice; every merge and input needs its own")
-        seen.add(entry.name)
-    if not problems:
-        for entry in entries:
-            if entry.config is not None:
+        if len(problems) == before:
+            for entry in variants:
                 problems += [f"{entry.name}: {p}" for p in _merge_problems(entry.config)]
+        entries += variants
+    problems += _name_problems(entries, spec.models)
+    evaluation = spec.evaluation
+    if evaluation.data_dir is not None:
+        data_dir = str(base / Path(evaluation.data_dir).expanduser())
+        evaluation = evaluation.model_copy(update={"data_dir": data_dir})
     try:
-        spec.evaluation.settings()
+        evaluation.settings()
     except EvalInputError as error:
         problems.append(f"evaluation: {error}")
     if not entries:
         problems.append("nothing to do: add evaluate_inputs, merges or a sweep")
-    merged = {e.name for e in entries if e.kind != "input"}
-    for name in spec.push.merges if spec.push else []:
-        if name not in merged:
-            problems.append(f"push.merges: {name!r} is not a merge of this suite")
+    problems += _push_problems(spec.push, {e.name for e in entries if e.kind != "input"})
     if problems:
         raise SuiteError(problems)
-    return Suite(tuple(entries), spec.evaluation, spec.keep_weights, dict(spec.models), spec.push)
+    entries, duplicates = _without_duplicates(entries)
+    return Suite(tuple(entries), evaluation, spec.keep_weights, aliases.targets, spec.push,
+                 duplicates)  # fmt: skip
 
 
 def load_suite(path: str | Path) -> Suite:
-    """Read and validate a suite YAML file."""
+    """Read and validate a suite YAML file (relative paths in it are from its folder)."""
     try:
         raw = validate.load(path)
     except validate.ConfigError as error:
         raise SuiteError(error.problems) from None
-    return parse_suite(raw)
+    return parse_suite(raw, Path(path).resolve().parent)

@@ -5,19 +5,28 @@ folder existing: a merge is done when `merges/NAME/layerswap-merge.json` (writte
 folder before it is renamed into place) holds its key; a score is done when
 `results/NAME.json` (written to a temporary file, then renamed) holds the merge key and the
 evaluation key. Killing a run at any moment therefore loses no finished result.
+
+Every path the store deletes or writes is proven to lie inside its root first (names are
+checked again, symlinks resolved), and one run at a time holds the root (`lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mergekit_layerswap.merge import METADATA_FILE
+from mergekit_layerswap.suite.schema import SuiteError, name_problem
+
+LOCK_FILE = ".layerswap-suite.lock"
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -43,18 +52,65 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+class OutsideError(RuntimeError):
+    """A path the suite was about to touch does not lie inside its output folder."""
+
+
 @dataclass(frozen=True)
 class Store:
     root: Path
 
+    def _inside(self, folder: str, name: str, suffix: str = "") -> Path:
+        """ROOT/folder/NAME+suffix, once proven to lie strictly inside ROOT/folder."""
+        if (problem := name_problem(name, "name")) is not None:
+            raise OutsideError(problem)
+        path = self.root / folder / f"{name}{suffix}"
+        parent = (self.root / folder).resolve()
+        if path.resolve().parent != parent or not parent.is_relative_to(self.root.resolve()):
+            raise OutsideError(f"{path} resolves outside {self.root}; refusing to touch it")
+        return path
+
     def merge_dir(self, name: str) -> Path:
-        return self.root / "merges" / name
+        return self._inside("merges", name)
 
     def result_path(self, name: str) -> Path:
-        return self.root / "results" / f"{name}.json"
+        return self._inside("results", name, ".json")
 
     def eval_dir(self, name: str) -> Path:
-        return self.root / "evals" / name
+        return self._inside("evals", name)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the output folder for this run: a second run on it is a SuiteError naming
+        the first one's pid. The lock dies with its process (no stale lock after a kill)."""
+        import fcntl
+
+        try:
+            if self.root.exists() and not self.root.is_dir():
+                raise SuiteError([f"{self.root}: exists and is not a folder; choose OUT_DIR"])
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = (self.root / LOCK_FILE).open("a+")
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise SuiteError(
+                [f"{self.root}: cannot write the output folder ({reason}); choose another OUT_DIR"]
+            ) from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                handle.seek(0)
+                other = handle.read().strip() or "unknown"
+                raise SuiteError(
+                    [f"{self.root}: another suite run (pid {other}) is using this output folder; "
+                     "wait for it to finish or choose another OUT_DIR"]
+                ) from None
+            handle.truncate(0)
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield
 
     def merge_done(self, name: str, key: str) -> bool:
         """The merge with this key finished and its weights are still there."""
