@@ -1,8 +1,10 @@
-"""What a checkpoint is, read without torch: its config and mergekit's architecture facts.
+"""What a checkpoint is, read without torch: its config, its tensors' shapes (safetensors
+headers) and mergekit's architecture facts.
 
-Used by validation (before any tensor is read) and by the merge method to learn a model's
-layer count. mergekit's architecture definitions are read as the JSON data files they are,
-so nothing here imports mergekit or torch.
+Used by validation (before any tensor is read), by the merge method to learn a model's
+layer count and by the streamed writer to find tensors' bytes. mergekit's architecture
+definitions are read as the JSON data files they are, so nothing here imports mergekit or
+torch.
 """
 
 from __future__ import annotations
@@ -11,11 +13,30 @@ import importlib.util
 import json
 import os
 import re
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)\.")
+#: config.json fields that decide tensor shapes; a donor must match the host's.
+SHAPE_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "vocab_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "moe_intermediate_size",
+    "num_local_experts",
+    "num_experts",
+)
+#: The weight files mergekit 0.1.5 looks for, in its order (ShardedTensorIndex.from_disk).
+SAFETENSORS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+PICKLE = "pytorch_model.bin"
+#: What a Hugging Face Hub model id looks like: `name` or `namespace/name`.
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
 class CheckpointError(ValueError):
@@ -31,6 +52,20 @@ class ArchitectureInfo:
     pre_weights: tuple[str, ...]
     post_weights: tuple[str, ...]
     tied_head: str | None  # the head weight that may be tied to the embeddings
+    #: every weight as (name or layer template with ${layer_index}, optional, other names)
+    weights: tuple[tuple[str, bool, tuple[str, ...]], ...] = ()
+
+    def tensors(self, num_layers: int) -> list[tuple[str, bool, tuple[str, ...]]]:
+        """The weights of a model with `num_layers` layers, templates expanded."""
+        expanded = []
+        for name, optional, others in self.weights:
+            if "${layer_index}" not in name:
+                expanded.append((name, optional, others))
+                continue
+            for i in range(num_layers):
+                names = [n.replace("${layer_index}", str(i)) for n in (name, *others)]
+                expanded.append((names[0], optional, tuple(names[1:])))
+        return expanded
 
 
 @dataclass(frozen=True)
@@ -44,6 +79,19 @@ class ModelInfo:
     vocab_size: int | None
     tie_word_embeddings: bool
     dtype: str | None
+    #: the config.json fields that shape tensors (SHAPE_FIELDS), where the config sets them
+    shape: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where a tensor's bytes lie in a safetensors file (from its header)."""
+
+    path: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute file offsets
+    end: int
 
 
 @lru_cache(maxsize=1)
@@ -60,6 +108,11 @@ def architectures() -> dict[str, ArchitectureInfo]:
             continue  # multi-module definitions (vision towers, MoE partials)
         post = tuple(w["name"] for w in data.get("post_weights", []))
         tied = next((w["name"] for w in data.get("post_weights", []) if w.get("tied_names")), None)
+        listed = data.get("pre_weights", []) + data["layer_templates"]["weights"]
+        weights = tuple(
+            (w["name"], bool(w.get("optional")), (*w.get("aliases", ()), *w.get("tied_names", ())))
+            for w in listed + data.get("post_weights", [])
+        )
         for arch in data["architectures"]:
             found.setdefault(
                 arch,
@@ -69,6 +122,7 @@ def architectures() -> dict[str, ArchitectureInfo]:
                     pre_weights=tuple(w["name"] for w in data.get("pre_weights", [])),
                     post_weights=post,
                     tied_head=tied,
+                    weights=weights,
                 ),
             )
     return found
@@ -96,8 +150,23 @@ def split_reference(reference: str) -> tuple[str, str | None]:
 
 
 def looks_local(path: str) -> bool:
-    """Paths (not Hub ids): anything existing, or starting with /, ~ or . (./, ../)."""
-    return os.path.exists(path) or path.startswith(("/", "~", "."))
+    """A local path, never to be looked up on the Hub: anything that exists; anything starting
+    with /, ~ or . (./, ../); anything not shaped like a Hub id (`name` or `namespace/name`:
+    letters, digits, `_.-`), such as `a/b/c` or `C:\\x`; and `folder/name` where `folder` exists
+    here (a typo inside a local folder is not a Hub id)."""
+    return (
+        os.path.exists(path)
+        or path.startswith(("/", "~", "."))
+        or not _HUB_ID.fullmatch(path)
+        or ("/" in path and os.path.isdir(path.split("/", 1)[0]))
+    )
+
+
+def identity(reference: str) -> str:
+    """What a reference points to: a local folder's resolved path (so `./A`, an absolute
+    path and a symlink to it are one model), or the Hub id as written."""
+    path, _ = split_reference(reference)
+    return str(Path(path).resolve()) if looks_local(path) else reference
 
 
 def model_folder(reference: str, patterns: tuple[str, ...] = ("config.json",)) -> Path:
@@ -126,9 +195,18 @@ def read_config(reference: str) -> dict:
     if not config_file.is_file():
         raise CheckpointError(f"{reference}: {config_file.parent} has no config.json")
     try:
-        return json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{reference}: unreadable config.json ({error})") from None
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or not UTF-8
+        message = str(error).splitlines()[0]
+        raise CheckpointError(
+            f"{reference}: unreadable config.json ({message}); re-download or re-save the model"
+        ) from None
+    if not isinstance(config, dict) or not isinstance(_text_config(config), dict):
+        raise CheckpointError(
+            f"{reference}: config.json must hold a JSON object (got {type(config).__name__}); "
+            "re-download or re-save the model"
+        )
+    return config
 
 
 def _text_config(config: dict) -> dict:
@@ -166,4 +244,92 @@ def model_info(reference: str) -> ModelInfo:
         vocab_size=text.get("vocab_size"),
         tie_word_embeddings=tied,
         dtype=config.get("dtype") or config.get("torch_dtype"),
+        shape=tuple((key, text[key]) for key in SHAPE_FIELDS if text.get(key) is not None),
     )
+
+
+def read_header(path: str) -> dict[str, Stored]:
+    """Every tensor of one safetensors file, from its header alone; CheckpointError (one
+    line) if the file is not a complete safetensors file."""
+    problem = "re-download or re-save the model"
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > size - 8:
+                raise ValueError(f"its header length {length} runs past the end of the file")
+            header = json.loads(handle.read(length))
+        base, stored = 8 + length, {}
+        for name, info in header.items():
+            if name != "__metadata__":
+                start, end = (base + int(offset) for offset in info["data_offsets"])
+                stored[name] = Stored(path, info["dtype"], tuple(info["shape"]), start, end)
+    except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({reason}); {problem}"
+        ) from None
+    end = max((item.end for item in stored.values()), default=0)
+    if end > size:
+        raise CheckpointError(
+            f"{path}: truncated (its tensors end at byte {end}, the file has {size}); {problem}"
+        )
+    return stored
+
+
+def model_tensors(reference: str) -> dict[str, Stored] | None:
+    """Every tensor of a model's safetensors weights, from headers only (no tensor read),
+    found as mergekit finds them; None for pickled (.bin) weights, whose shapes cannot be
+    read without loading them. CheckpointError names a missing shard or unreadable file."""
+    path, revision = split_reference(reference)
+    if not looks_local(path):
+        return _hub_tensors(reference, path, revision)
+    folder = model_folder(reference)
+    if (folder / INDEX).is_file():
+        try:
+            weight_map = json.loads((folder / INDEX).read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(
+                f"{folder / INDEX}: unreadable index ({error}); re-download or re-save the model"
+            ) from None
+        missing = [shard for shard in shards if not (folder / shard).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{reference}: shard {missing[0]} named in {INDEX} is missing "
+                f"({len(missing)} of {len(shards)} missing); re-download the model"
+            )
+        found = {}
+        for shard in shards:
+            found.update(read_header(str(folder / shard)))
+        return found
+    if (folder / SAFETENSORS).is_file():
+        return read_header(str(folder / SAFETENSORS))
+    if (folder / PICKLE).is_file() or (folder / f"{PICKLE}.index.json").is_file():
+        return None
+    raise CheckpointError(
+        f"{reference}: {folder} has no {SAFETENSORS}, {INDEX} or {PICKLE}; "
+        "point to a folder holding the model's weights"
+    )
+
+
+def _hub_tensors(reference: str, repo: str, revision: str | None) -> dict[str, Stored] | None:
+    """A Hub model's tensors from its safetensors headers (fetched without the weights)."""
+    from huggingface_hub import get_safetensors_metadata
+    from huggingface_hub.errors import NotASafetensorsRepoError
+
+    try:
+        metadata = get_safetensors_metadata(repo, revision=revision)
+    except NotASafetensorsRepoError:
+        return None
+    except Exception as error:  # network, auth, missing repo: say which model
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"{reference}: cannot read its safetensors headers from the "
+            f"Hugging Face Hub ({message})"
+        ) from None
+    return {
+        name: Stored(f"{repo}/{file}", info.dtype, tuple(info.shape), *info.data_offsets)
+        for file, shard in metadata.files_metadata.items()
+        for name, info in shard.tensors.items()
+    }

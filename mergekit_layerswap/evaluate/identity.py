@@ -8,17 +8,17 @@ the safetensors header. A Hub id is pinned to the commit its revision resolves t
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checkpoint import looks_local
+from .online import HUB_OFFLINE, offline_switch, probe_failure
 from .tasks import EvalInputError
 
 #: Files up to this size are hashed in full.
 _SMALL_FILE = 16 << 20
 #: Of larger files, this many leading bytes are hashed (with size and mtime).
 _HEAD = 1 << 20
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -54,20 +54,24 @@ def fingerprint_dir(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def _looks_like_path(model: str) -> bool:
-    return model.startswith(("/", ".", "~")) or not _HUB_ID.match(model)
-
-
 def resolve_model(model: str) -> ModelIdentity:
-    """Identify a local model directory or a Hub id; raise EvalInputError if it is neither."""
-    path = Path(model).expanduser()
-    if path.is_dir() or _looks_like_path(model):
+    """Identify a local model directory or a Hub id; raise EvalInputError if it is neither.
+
+    What counts as a path is `checkpoint.looks_local`; a path is never looked up on the Hub.
+    """
+    if looks_local(model):
+        path = Path(model).expanduser()
         if not path.is_dir():
             raise EvalInputError(f"model directory not found: {model}")
         if not (path / "config.json").is_file():
             raise EvalInputError(f"not a model directory (no config.json): {model}")
         location = str(path.resolve())
         return ModelIdentity(model, "local", location, None, fingerprint_dir(path))
+    if not offline_switch(HUB_OFFLINE) and (failure := probe_failure()):
+        raise EvalInputError(
+            f"{model!r} is not a local folder and the Hugging Face Hub is unreachable "
+            f"({failure}): give the model's folder, or set HF_HUB_OFFLINE=1 to use a cached copy"
+        )
     revision = _hub_commit(model)
     fingerprint = hashlib.sha256(f"hub:{model}@{revision}".encode()).hexdigest()
     return ModelIdentity(model, "hub", model, revision, fingerprint)

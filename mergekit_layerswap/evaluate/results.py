@@ -96,6 +96,40 @@ def read_results(path: str | Path) -> EvalResults:
     return EvalResults.from_json(json.loads(path.read_text()))
 
 
+def differences(
+    results: EvalResults, settings: EvalSettings, versions: dict[str, str]
+) -> list[str]:
+    """What keeps `results` and a run with `settings` and `versions` out of one table: the
+    languages, the settings that change scores, the library versions (`name old -> new`)."""
+    before = {"languages": list(results.settings.languages), **results.settings.scoring_key()}
+    after = {"languages": list(settings.languages), **settings.scoring_key()}
+    before["versions"], after["versions"] = results.versions, versions
+    return [f"{key} {before[key]} -> {after[key]}" for key in after if before[key] != after[key]]
+
+
+def combine(previous: EvalResults, new: EvalResults) -> EvalResults:
+    """The models of `previous`, each replaced by its new result if `new` scored it again,
+    then the models new to `new`; with `new`'s settings and versions.
+
+    A model is the same when its fingerprint or its location matches (a folder whose files
+    changed replaces its old entry).
+    """
+
+    def same(a: ModelResult, b: ModelResult) -> bool:
+        return (
+            a.identity.fingerprint == b.identity.fingerprint
+            or a.identity.location == b.identity.location
+        )
+
+    models: list[ModelResult] = []
+    for old in previous.models:
+        replacement = next((m for m in new.models if same(old, m)), old)
+        if all(replacement is not m for m in models):
+            models.append(replacement)
+    models += [m for m in new.models if all(m is not kept for kept in models)]
+    return EvalResults(new.settings, new.versions, models)
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}"
 

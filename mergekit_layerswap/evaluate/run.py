@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from importlib.metadata import version
 from importlib.util import find_spec
@@ -24,7 +24,17 @@ from typing import Any, NamedTuple
 
 from .. import __version__
 from .identity import ModelIdentity, resolve_model
-from .results import EvalResults, LanguageResult, ModelResult, write_results
+from .quiet import quiet
+from .results import (
+    RESULTS_JSON,
+    EvalResults,
+    LanguageResult,
+    ModelResult,
+    combine,
+    differences,
+    read_results,
+    write_results,
+)
 from .settings import EvalSettings
 from .tasks import (
     HEADLINE_FILTER,
@@ -133,7 +143,7 @@ def evaluate_lm(
     import lm_eval
 
     languages = tuple(languages or settings.languages)
-    with tempfile.TemporaryDirectory(prefix="mgsm-tasks-") as include_dir:
+    with tempfile.TemporaryDirectory(prefix="mgsm-tasks-") as include_dir, quiet():
         group = write_task_group(Path(include_dir), settings.mode, languages, settings.data_dir)
         output = lm_eval.simple_evaluate(
             model=lm,
@@ -172,9 +182,10 @@ def load_lm(identity: ModelIdentity, settings: EvalSettings, device: str | None)
         return VLLM(pretrained=identity.location, batch_size=settings.batch_size, **revision)
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(
-        pretrained=identity.location, batch_size=settings.batch_size, device=device, **revision
-    )
+    with quiet():
+        return HFLM(
+            pretrained=identity.location, batch_size=settings.batch_size, device=device, **revision
+        )
 
 
 def _check_writable(directory: Path, what: str) -> None:
@@ -188,24 +199,70 @@ def _check_writable(directory: Path, what: str) -> None:
         ) from error
 
 
-def prepare(
-    models: Sequence[str], settings: EvalSettings, output_dir: Path, cache_dir: Path
-) -> tuple[list[ModelIdentity], str | None]:
-    """Check every input before any model loads; return the models' identities and HF device."""
-    if not models:
-        raise EvalInputError("no model given")
-    if settings.backend == "vllm" and find_spec("vllm") is None:
+def _previous_results(
+    output_dir: Path, settings: EvalSettings, versions: dict[str, str]
+) -> EvalResults | None:
+    """The results already in `output_dir`, if any; EvalInputError if they cannot be merged."""
+    path = output_dir / RESULTS_JSON
+    if not path.exists():
+        return None
+    try:
+        previous = read_results(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise EvalInputError(
+            f"{path} cannot be read as eval results ({error}): choose another --output"
+        ) from None
+    if changed := differences(previous, settings, versions):
+        raise EvalInputError(
+            f"{path} holds results for other settings ({'; '.join(changed)}): choose another "
+            "--output (a results folder only gathers runs with the same settings)"
+        )
+    return previous
+
+
+class Prepared(NamedTuple):
+    """What `prepare` found: the models' identities, the HF device, results already there."""
+
+    identities: list[ModelIdentity]
+    device: str | None
+    previous: EvalResults | None
+
+
+def prepare(
+    models: Sequence[str],
+    settings: EvalSettings,
+    output_dir: Path,
+    cache_dir: Path,
+    versions: dict[str, str],
+    *,
+    replace: bool = False,
+) -> Prepared:
+    """Check every input before any model loads; raise one EvalInputError naming every problem."""
+    problems: list[str] = []
+
+    def check(function: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return function(*args)
+        except EvalInputError as error:
+            problems.extend(error.problems)
+            return None
+
+    if not models:
+        problems.append("no model given")
+    if settings.backend == "vllm" and find_spec("vllm") is None:
+        problems.append(
             "the vllm backend needs the vllm package, which is not installed: "
             "pip install 'mergekit-layerswap[vllm]' (Linux with a CUDA GPU)"
         )
-    if settings.data_dir is not None:
-        check_data_dir(settings.data_dir, settings.languages)
-    identities = [resolve_model(model) for model in models]
-    device = None if settings.backend == "vllm" else _resolve_device(settings)
-    _check_writable(output_dir, "output")
-    _check_writable(cache_dir, "cache")
-    return identities, device
+    check(check_data_dir, settings.data_dir, settings.languages)
+    identities = [check(resolve_model, model) for model in models]
+    device = None if settings.backend == "vllm" else check(_resolve_device, settings)
+    check(_check_writable, output_dir, "output")
+    check(_check_writable, cache_dir, "cache")
+    previous = None if replace else check(_previous_results, output_dir, settings, versions)
+    if problems:
+        raise EvalInputError(*problems)
+    return Prepared(identities, device, previous)
 
 
 def _free_memory() -> None:
@@ -232,18 +289,23 @@ def evaluate_models(
     output_dir: str | Path,
     *,
     cache_dir: str | Path | None = None,
+    replace: bool = False,
 ) -> EvalResults:
     """Score `models` (local directories or Hub ids) on MGSM; write results into `output_dir`.
 
     Writes `results.json`, `results.md` and, with `settings.log_samples`, one JSONL file of
-    lm-eval's per-sample records per model and task under `samples/`. Results are cached in
-    `cache_dir` (default `output_dir/cache`): a repeated evaluation generates nothing.
-    Raises EvalInputError, before loading any model, for bad input.
+    lm-eval's per-sample records per model and task under `samples/`. Models already in
+    `results.json` from an earlier run stay there (a model scored again replaces its entry);
+    results for other settings are refused, or with `replace` overwritten. Results are cached
+    in `cache_dir` (default `output_dir/cache`): a repeated evaluation generates nothing.
+    Raises EvalInputError, before loading any model, for bad input. Returns this run's models.
     """
     output_dir = Path(output_dir)
     cache = ResultCache(Path(cache_dir) if cache_dir is not None else output_dir / "cache")
-    identities, device = prepare(models, settings, output_dir, cache.directory)
     versions = library_versions(settings.backend)
+    identities, device, previous = prepare(
+        models, settings, output_dir, cache.directory, versions, replace=replace
+    )
     model_results = []
     for index, identity in enumerate(identities, 1):
         keys = {code: cache.key(identity, settings, code, versions) for code in settings.languages}
@@ -271,5 +333,5 @@ def evaluate_models(
                 cache.copy_samples(keys[code], path)
         model_results.append(ModelResult(identity, found))
     results = EvalResults(settings, versions, model_results)
-    write_results(results, output_dir)
+    write_results(combine(previous, results) if previous else results, output_dir)
     return results

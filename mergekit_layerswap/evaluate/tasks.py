@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .online import DATASETS_OFFLINE, offline_switch, probe_failure
+
 #: MGSM's 11 languages (Shi et al., 2022), as lm-eval names them.
 LANGUAGES = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
 #: lm-eval's MGSM task families: `mgsm_<mode>_<language>`.
@@ -30,7 +32,11 @@ GROUP = "mergekit_layerswap_mgsm"
 
 
 class EvalInputError(ValueError):
-    """Bad evaluation input (a language, a path, a backend): reported as one line."""
+    """Bad evaluation input (a language, a path, a backend): one line per problem."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
 
 
 def task_name(mode: str, language: str) -> str:
@@ -53,18 +59,42 @@ def parse_languages(spec: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(codes))
 
 
-def check_data_dir(data_dir: Path, languages: Sequence[str]) -> None:
-    """Raise EvalInputError unless `data_dir` has a train and a test split for each language."""
+def _has_splits(source: str, language: str) -> bool:
+    """Whether `datasets` finds a config `language` with train and test splits in `source`."""
     import datasets
 
+    try:
+        splits = datasets.load_dataset_builder(source, language).config.data_files
+    except (OSError, ValueError):  # ConnectionError (offline, not cached) is an OSError
+        return False
+    return bool(splits) and {"train", "test"} <= set(splits)
+
+
+def check_data_dir(data_dir: Path | None, languages: Sequence[str]) -> None:
+    """Raise EvalInputError unless MGSM can be read for every language, without long retries.
+
+    `data_dir` must have a train and a test split per language. Without it the Hub dataset is
+    used: offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) it must be in the datasets cache;
+    online the Hub must answer a quick probe.
+    """
+    use_local = f"pass --data-dir DIR or set MGSM_DATA_DIR=DIR (a copy laid out like {HUB_DATASET})"
+    if data_dir is None:
+        if switch := offline_switch(DATASETS_OFFLINE):
+            missing = [code for code in languages if not _has_splits(HUB_DATASET, code)]
+            if missing:
+                raise EvalInputError(
+                    f"no MGSM data: offline ({switch}) and {HUB_DATASET} ({','.join(missing)}) "
+                    f"is not in the datasets cache; {use_local}"
+                )
+        elif failure := probe_failure():
+            raise EvalInputError(
+                f"no MGSM data: the Hugging Face Hub is unreachable ({failure}); {use_local}"
+            )
+        return
     if not data_dir.is_dir():
         raise EvalInputError(f"MGSM data directory not found: {data_dir}")
     for language in languages:
-        try:
-            splits = datasets.load_dataset_builder(str(data_dir), language).config.data_files
-        except (OSError, ValueError):
-            splits = None
-        if not splits or not {"train", "test"} <= set(splits):
+        if not _has_splits(str(data_dir), language):
             raise EvalInputError(
                 f"{data_dir} is not laid out like the Hub dataset {HUB_DATASET}: no config "
                 f"{language!r} with train and test splits (e.g. {language}/test.jsonl)"
