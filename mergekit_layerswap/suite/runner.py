@@ -212,7 +212,7 @@ def _run(suite: Suite, store: Store, settings: EvalSettings, steps: list[Step], 
         print(f"eval {index}/{len(evals)} {entry.name}", flush=True)
         results = evaluate_models(
             [_model_path(entry, store)], settings, store.eval_dir(entry.name),
-            cache_dir=store.root / "cache",
+            cache_dir=store.root / "cache", replace=True,
         )  # fmt: skip
         scores = {code: asdict(r) for code, r in results.models[0].languages.items()}
         store.write_result(step.key, step.eval_key, {**record, "languages": scores})

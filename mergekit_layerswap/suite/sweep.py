@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from mergekit_layerswap import checkpoint, validate
+from mergekit_layerswap.evaluate.quiet import quiet
 from mergekit_layerswap.evaluate.run import LanguageRun, evaluate_lm
 from mergekit_layerswap.evaluate.settings import EvalSettings
 
@@ -74,8 +75,9 @@ class InMemorySweep:
         """Build the variant and score it on the settings' languages."""
         from lm_eval.models.huggingface import HFLM
 
-        lm = HFLM(
-            pretrained=self.build(config), tokenizer=self.tokenizer,
-            batch_size=self.settings.batch_size,
-        )  # fmt: skip
+        with quiet():
+            lm = HFLM(
+                pretrained=self.build(config), tokenizer=self.tokenizer,
+                batch_size=self.settings.batch_size,
+            )  # fmt: skip
         return evaluate_lm(lm, self.settings)
