@@ -13,12 +13,12 @@ from pathlib import Path
 import yaml
 
 from mergekit_layerswap import checkpoint, swap, validate
+from mergekit_layerswap.evaluate.identity import fingerprint_dir
 from mergekit_layerswap.evaluate.results import EvalResults, ModelResult
 from mergekit_layerswap.evaluate.tasks import HEADLINE_FILTER
+from mergekit_layerswap.merge import CARD_FILE, CONFIG_FILE
 from mergekit_layerswap.plan import compile_slices
 
-CONFIG_FILE = "mergekit_config.yml"
-CARD_FILE = "README.md"
 PAPER = "https://arxiv.org/abs/2410.01335"
 CITATION = """@inproceedings{bandarkar2025layerswapping,
   title     = {Layer Swapping for Zero-Shot Cross-Lingual Transfer in Large Language Models},
@@ -61,16 +61,28 @@ def _hub_ids(references: list[str]) -> list[str]:
 
 
 def _model_result(results: EvalResults | None, model_dir: Path | None) -> ModelResult | None:
-    if results is None or not results.models:
+    """The scores in `results` of the model in `model_dir`, matched by its fingerprint
+    (where a model was scored from does not identify it; its files do)."""
+    if results is None:
         return None
-    if model_dir is not None:
-        where = str(model_dir.resolve())
-        for model in results.models:
-            if model.identity.location == where:
-                return model
-    if len(results.models) == 1:
-        return results.models[0]
-    raise ValueError(f"results hold {len(results.models)} models and none is {model_dir}")
+    if model_dir is None:
+        raise ValueError("scores can only be attached to a model folder they were computed for")
+    fingerprint = fingerprint_dir(model_dir)
+    for model in results.models:
+        if model.identity.fingerprint == fingerprint:
+            return model
+    scored = ", ".join(
+        f"{m.identity.location} ({m.identity.fingerprint[:12]})" for m in results.models
+    )
+    raise ValueError(
+        f"--results scores {scored or 'no model'}, not {model_dir} (fingerprint "
+        f"{fingerprint[:12]}); score this folder with `mergekit-layerswap eval` first"
+    )
+
+
+def _partial(settings) -> str:
+    """How a `--limit` evaluation is marked: it is not comparable to full MGSM."""
+    return f"partial: first {settings.limit} problems per language" if settings.limit else ""
 
 
 def _front_matter(name: str, raw: dict, results: EvalResults | None, scored: ModelResult | None):
@@ -80,6 +92,9 @@ def _front_matter(name: str, raw: dict, results: EvalResults | None, scored: Mod
     eval_results = None
     if scored is not None:
         settings = results.settings
+        setup = "; ".join(
+            filter(None, [f"{settings.mode}, {settings.num_fewshot}-shot", _partial(settings)])
+        )
         eval_results = [
             EvalResult(
                 task_type="text-generation",
@@ -87,12 +102,10 @@ def _front_matter(name: str, raw: dict, results: EvalResults | None, scored: Mod
                 dataset_type="juletxara/mgsm",
                 dataset_name=f"MGSM ({code})",
                 dataset_config=code,
-                dataset_split="test",
+                dataset_split=f"test[:{settings.limit}]" if settings.limit else "test",
                 metric_type="exact_match",
                 metric_value=result.exact_match,  # a fraction, as in results.json
-                metric_name=(
-                    f"exact_match ({HEADLINE_FILTER}, {settings.mode}, {settings.num_fewshot}-shot)"
-                ),
+                metric_name=f"exact_match ({HEADLINE_FILTER}, {setup})",
                 source_name=f"lm-evaluation-harness {results.versions.get('lm_eval', '')}".strip(),
                 source_url="https://github.com/EleutherAI/lm-evaluation-harness",
             )
@@ -115,9 +128,17 @@ def _scores_section(results: EvalResults, scored: ModelResult) -> list[str]:
         "",
         f"lm-evaluation-harness {results.versions.get('lm_eval', '?')}, tasks "
         f"`mgsm_{settings.mode}_*`, {settings.num_fewshot}-shot"
-        + (f", first {settings.limit} problems per language" if settings.limit else "")
         + f"; exact match with the `{HEADLINE_FILTER}` filter (%).",
         "",
+        *(
+            [
+                f"**Partial evaluation** ({_partial(settings)}, `--limit {settings.limit}`): "
+                "not comparable to full MGSM (250 problems per language).",
+                "",
+            ]
+            if settings.limit
+            else []
+        ),
         "| language | exact match | ± stderr | n |",
         "|---|---:|---:|---:|",
     ]

@@ -1,71 +1,49 @@
 """Publish a merged model to the Hugging Face Hub, only when the folder is a complete model.
 
-`check_complete` names every missing piece (config, weights listed in the safetensors
-index, unreadable shard headers, tokenizer, card) before anything is uploaded. The token
+`check_complete` names every missing or broken piece (`complete.problems`: config, JSON
+files that do not parse, weights and their index, tokenizer; and the card) and the repo id
+is checked with huggingface_hub's own validation, before anything is uploaded or listed. The token
 comes from huggingface_hub's usual places (HF_TOKEN, `hf auth login`) and is never printed
 or written anywhere by this module.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-INDEX = "model.safetensors.index.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+from mergekit_layerswap import complete
 
 
 class PushError(ValueError):
-    """The folder is not ready to publish; str() lists what is missing."""
+    """The folder or the repo id is not ready to publish; str() lists every problem."""
 
 
-def _header_problem(path: Path) -> str | None:
-    """Why a safetensors file's header does not parse (None if it does)."""
-    try:
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > path.stat().st_size - 8:
-                return f"{path.name}: header length {length} runs past the end of the file"
-            header = json.loads(handle.read(length))
-    except (OSError, struct.error, ValueError) as error:
-        return f"{path.name}: unreadable safetensors header ({type(error).__name__})"
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + length + end > path.stat().st_size:
-        return f"{path.name}: truncated (tensors end at byte {8 + length + end})"
-    return None
+class UploadError(RuntimeError):
+    """The Hub could not be reached or refused the upload (network, token, permissions)."""
 
 
 def check_complete(model_dir: str | Path) -> list[str]:
     """Every reason the folder is not a complete, publishable model (empty if it is)."""
     folder = Path(model_dir)
-    if not folder.is_dir():
-        return [f"{folder}: no such folder"]
-    problems = []
-    if not (folder / "config.json").is_file():
-        problems.append("config.json is missing")
-    if (folder / INDEX).is_file():
-        try:
-            shards = sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))
-        except (ValueError, KeyError):
-            shards = []
-            problems.append(f"{INDEX} does not parse (no weight_map)")
-        missing = [s for s in shards if not (folder / s).is_file()]
-        problems += [f"{s} is listed in {INDEX} but missing" for s in missing]
-        weights = [folder / s for s in shards if s not in missing]
-    else:
-        weights = sorted(folder.glob("*.safetensors"))
-        if not weights:
-            problems.append("no weights: model.safetensors (or an index with shards) is missing")
-    problems += [p for p in map(_header_problem, weights) if p]
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        problems.append("no tokenizer: tokenizer.json or tokenizer.model is missing")
-    if not (folder / "tokenizer_config.json").is_file():
-        problems.append("tokenizer_config.json is missing")
-    if not (folder / "README.md").is_file():
+    problems = complete.problems(folder)
+    if folder.is_dir() and not (folder / "README.md").is_file():
         problems.append("README.md (the model card) is missing: mergekit-layerswap card DIR")
     return problems
+
+
+def repo_id_problem(repo_id: str) -> str | None:
+    """Why `repo_id` is not a NAMESPACE/NAME the Hub accepts (its own validation)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        return f"--repo-id {repo_id!r}: {str(error).splitlines()[0]}"
+    if "/" not in repo_id:
+        return f"--repo-id {repo_id!r}: write NAMESPACE/NAME (your user or organization name)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -91,10 +69,10 @@ def push(
     """Create the repo if needed and upload the folder (or, with dry_run, only list it)."""
     folder = Path(model_dir)
     problems = check_complete(folder)
-    if problems:
-        raise PushError(f"{folder} is not a complete model: " + "; ".join(problems))
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise PushError(f"--repo-id {repo_id!r}: write NAMESPACE/NAME")
+    found = [f"{folder} is not a complete model: " + "; ".join(problems)] if problems else []
+    found += filter(None, [repo_id_problem(repo_id)])
+    if found:
+        raise PushError("; ".join(found))
     files = sorted(
         (str(p.relative_to(folder)), p.stat().st_size)
         for p in folder.rglob("*")
@@ -103,16 +81,24 @@ def push(
     if dry_run:
         return Upload(repo_id, files)
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HTTPError
 
     api = HfApi(endpoint=endpoint)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    commit = api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        revision=revision,
-        commit_message="Upload layer-swap merge (mergekit-layerswap)",
-        ignore_patterns=[".*", "*/.*"],
-    )
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            revision=revision,
+            commit_message="Upload layer-swap merge (mergekit-layerswap)",
+            ignore_patterns=[".*", "*/.*"],
+        )
+    except (OSError, HTTPError) as error:  # no network, offline mode, token, Hub refusals
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UploadError(
+            f"could not upload to {api.endpoint} ({type(error).__name__}: {reason}); "
+            "check the network, HF_HUB_OFFLINE and your token (hf auth login)"
+        ) from None
     return Upload(repo_id, files, url=getattr(commit, "commit_url", None) or str(commit))

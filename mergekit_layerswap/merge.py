@@ -1,45 +1,174 @@
 """Run a mergekit config into a folder, all or nothing.
 
-The config is checked first (for `layer_swap`: every problem, from config.json files only);
-the output folder must not already hold a model; mergekit writes into a hidden sibling
-folder that is renamed into place only once the model is complete, so an interrupted merge
-never leaves a folder that looks like a finished model.
+Before any work: the config (for `layer_swap`: every problem, from config.json files only)
+and the output path (a new or empty folder, not a symbolic link, not under a file) are
+checked, every problem at once. mergekit writes into a hidden sibling `.NAME.partial-PID`,
+which also holds the merged LoRA donors (`model+adapter`) until the merge ends; the folder is
+renamed into place only once it is a complete model (`complete.problems`), with a card that
+names the final folder. Partials of the same output name left by killed merges are removed.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from mergekit_layerswap import validate
+from mergekit_layerswap import complete, validate
 
-MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json")
 #: Written into the output folder before it is renamed into place (see `run(metadata=...)`).
 METADATA_FILE = "layerswap-merge.json"
+CONFIG_FILE = "mergekit_config.yml"
+CARD_FILE = "README.md"
+#: Inside the partial folder: mergekit's cache of LoRA donors merged into their base models.
+LORA_CACHE = ".lora-merged"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class OutputError(ValueError):
     """The output folder cannot receive a model."""
 
 
+class MergeError(RuntimeError):
+    """The merge ran but produced no complete model (a full disk, a failed copy)."""
+
+
 def check_output(out_path: str | Path) -> Path:
-    """Refuse an output folder that already holds a model or is not a folder."""
-    out = Path(out_path)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} exists and is not a folder; choose another output path")
-    held = [name for name in MODEL_FILES if (out / name).exists()]
-    if held:
+    """The absolute output folder; OutputError unless it is new or empty, not a symbolic
+    link, and its nearest existing parent is a writable folder."""
+    out = Path(os.path.abspath(out_path))
+    if out.is_symlink():
         raise OutputError(
-            f"{out} already holds a model ({', '.join(held)}); choose another folder or delete it"
+            f"{out_path} is a symbolic link; give the folder it points to ({out.resolve()})"
         )
-    existing = next(p for p in out.resolve().parents if p.exists())
-    if not os.access(existing, os.W_OK):
+    if out.exists():
+        if not out.is_dir():
+            raise OutputError(f"{out_path} exists and is not a folder; choose another output path")
+        held = sorted(path.name for path in out.iterdir())
+        if held:
+            listed = ", ".join(held[:3]) + (", …" if len(held) > 3 else "")
+            raise OutputError(f"{out_path} is not empty (holds {listed}); choose a new folder")
+    existing = next(p for p in out.parents if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{out_path}: {existing} is a file; choose an output path outside it")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write to {existing}; choose a writable output folder")
     return out
+
+
+def check(raw: dict, out_path: str | Path) -> Path:
+    """The output folder, once config and output path are valid (ConfigError lists every
+    problem of both)."""
+    problems = validate.check(raw) if raw.get("merge_method") == validate.METHOD else []
+    try:
+        out = check_output(out_path)
+    except OutputError as error:
+        problems.append(str(error))
+    if problems:
+        raise validate.ConfigError(problems)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would terminate it: keep every partial
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Remove `.OUT.partial-PID` folders beside `out` whose process is gone; return them."""
+    pattern = re.compile(re.escape(f".{out.name}.partial-") + r"([0-9]+)")
+    stale = []
+    for path in out.parent.iterdir() if out.parent.is_dir() else ():
+        match = pattern.fullmatch(path.name)
+        if match and path.is_dir() and not path.is_symlink() and not _alive(int(match[1])):
+            shutil.rmtree(path)
+            stale.append(path)
+    return stale
+
+
+class _HeldErrors(logging.Filter):
+    """Holds back the ERROR records of a logger: mergekit logs a failed tokenizer copy as an
+    error (with a traceback) and carries on; the caller fails instead, or releases them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        self.records.append(record)
+        return False
+
+
+@contextmanager
+def _held_errors(name: str) -> Iterator[list[logging.LogRecord]]:
+    held = _HeldErrors()
+    logging.getLogger(name).addFilter(held)
+    try:
+        yield held.records
+    finally:
+        logging.getLogger(name).removeFilter(held)
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """Whether `error` (or what caused it) is a full disk or an exceeded quota."""
+    while error is not None:
+        if getattr(error, "errno", None) in _DISK_FULL or "No space left" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _expects_tokenizer(config, options) -> bool:
+    """mergekit builds a tokenizer, or copies one from the donor model that has one."""
+    from mergekit.common import ModelReference
+
+    if config.tokenizer or config.tokenizer_source:
+        return True
+    if not options.copy_tokenizer:
+        return False
+    donor = config.base_model or config.referenced_models()[0]
+    folder = Path(ModelReference(model=donor.model).local_path(options.transformers_cache))
+    return any((folder / name).is_file() for name in complete.TOKENIZER_FILES)
+
+
+def _finish(partial: Path, out: Path, config, options, source: str, logged: list) -> None:
+    """Card, config and checks on a merged `partial`; MergeError if it is not complete."""
+    import mergekit.merge
+
+    shutil.rmtree(partial / LORA_CACHE, ignore_errors=True)
+    expected = _expects_tokenizer(config, options)
+    failed = [r for r in logged if expected or _disk_full(r.exc_info and r.exc_info[1])]
+    if failed:
+        error = failed[0].exc_info[1] if failed[0].exc_info else None
+        if _disk_full(error):
+            raise error  # mergekit logged it and went on
+        raise MergeError(f"mergekit: {failed[0].getMessage()} ({error}); nothing was written")
+    for record in logged:  # a donor without a tokenizer: mergekit's own error, as before
+        logging.getLogger(record.name).handle(record)
+    # the hooked generate_card: ours for layer_swap, mergekit's for other methods
+    card = mergekit.merge.generate_card(config=config, config_yaml=source, name=out.name)
+    (partial / CARD_FILE).write_text(card, encoding="utf-8")
+    (partial / CONFIG_FILE).write_text(source, encoding="utf-8")
+    problems = complete.problems(partial, tokenizer=expected)
+    if problems:
+        raise MergeError(f"the merge is incomplete ({'; '.join(problems)}); nothing was written")
 
 
 def run(
@@ -54,22 +183,23 @@ def run(
 ) -> Path:
     """Merge `raw` (a loaded mergekit config) into `out_path` atomically; returns the folder.
 
-    layer_swap configs are validated in full first (ConfigError lists every problem).
+    ConfigError lists every problem of the config and the output path, before any work;
+    MergeError says why a merge that ran left nothing (a full disk: "disk full").
     `metadata`, if given, is written to METADATA_FILE inside the folder before it appears.
     The saved mergekit_config.yml says how plain `mergekit-yaml` reproduces the merge.
     """
-    if raw.get("merge_method") == validate.METHOD:
-        validate.plan(raw)
-    out = check_output(out_path)
+    out = check(raw, out_path)
 
+    import mergekit.merge
     from mergekit.config import MergeConfiguration
-    from mergekit.merge import MergeOptions, run_merge
+    from mergekit.merge import MergeOptions
 
     # importing the hook registers layer_swap (and its checks) if the .pth did not
     from mergekit_layerswap import _hook  # noqa: F401
 
     config = MergeConfiguration.model_validate(raw)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     options = MergeOptions(
@@ -77,18 +207,29 @@ def run(
         copy_tokenizer=copy_tokenizer,
         quiet=quiet,
         random_seed=random_seed,
+        lora_merge_cache=str(partial / LORA_CACHE),
+        write_model_card=False,  # mergekit would name the card after the partial folder
     )
     seed = f" --random-seed {random_seed}" if random_seed is not None else ""
-    source = f"# reproduce: mergekit-yaml mergekit_config.yml OUT{seed}\n" + yaml.safe_dump(
+    source = f"# reproduce: mergekit-yaml {CONFIG_FILE} OUT{seed}\n" + yaml.safe_dump(
         raw, sort_keys=False
     )
     try:
-        run_merge(config, str(partial), options=options, config_source=source)
+        with _held_errors(mergekit.merge.__name__) as logged:
+            mergekit.merge.run_merge(config, str(partial), options=options, config_source=source)
+        _finish(partial, out, config, options, source, logged)
         if metadata is not None:
             (partial / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
         if out.exists():
-            out.rmdir()  # an empty folder the user made for us (check_output saw no model)
+            out.rmdir()  # the empty folder check_output accepted
         os.replace(partial, out)
+    except Exception as error:
+        if _disk_full(error):
+            raise MergeError(
+                f"disk full while writing {out}; nothing was written: free space on "
+                f"{out.parent} (the merge needs about the model's size) or choose another folder"
+            ) from None
+        raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return out
