@@ -98,8 +98,11 @@ def _merge(args: argparse.Namespace) -> int:
             validate.load(args.config), args.out, cuda=args.cuda,
             copy_tokenizer=args.copy_tokenizer, quiet=args.quiet, random_seed=args.random_seed,
         )  # fmt: skip
-    except (validate.ConfigError, merge.OutputError) as error:
+    except validate.ConfigError as error:
         raise _problems(args.config, error) from None
+    except merge.MergeError as error:
+        print(f"mergekit-layerswap merge: error: {error}", file=sys.stderr)
+        return 1
     print(f"merged into {out}")
     return 0
 
@@ -216,6 +219,9 @@ def _push(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except hub.PushError as error:
         raise UsageError(str(error)) from None
+    except hub.UploadError as error:
+        print(f"mergekit-layerswap push: error: {error}", file=sys.stderr)
+        return 1
     for path, size in upload.files:
         print(f"  {size / 1e6:10.1f} MB  {path}")
     total = f"{len(upload.files)} files, {upload.total_bytes / 1e9:.2f} GB"

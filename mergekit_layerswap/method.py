@@ -330,10 +330,16 @@ def guard_planner(plan_module) -> None:
 def guard_card(merge_module) -> None:
     """Give layer_swap outputs our model card (layer map, sources, citation) instead of
     mergekit's generic one; `run_merge` calls `mergekit.merge.generate_card` (pinned by
-    tests/test_registration.py)."""
+    tests/test_registration.py) with the last part of its output path as the model's name,
+    so `run_merge` gets that path made absolute (`OUT/` and `.` would name no model)."""
     original = merge_module.generate_card
     if getattr(original, "layerswap", False):
         return
+    run_merge = merge_module.run_merge
+
+    @functools.wraps(run_merge)
+    def run_merge_named(merge_config, out_path, *args, **kwargs):
+        return run_merge(merge_config, os.path.abspath(out_path), *args, **kwargs)
 
     @functools.wraps(original)
     def generate_card(config, config_yaml, name, *args, **kwargs):
@@ -348,6 +354,7 @@ def guard_card(merge_module) -> None:
 
     generate_card.layerswap = True
     merge_module.generate_card = generate_card
+    merge_module.run_merge = run_merge_named
 
 
 _hook.run_deferred()  # hook callbacks that fired while this module imported mergekit
