@@ -23,6 +23,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mergekit_layerswap.checkpoint import Stored
+from mergekit_layerswap.checkpoint import read_header as read_header  # the one reader
+
 #: safetensors' dtype enum order; save_file lays tensors out by descending rank, then name.
 _DTYPES = "BOOL U8 I8 F8_E5M2 F8_E4M3 F8_E8M0 I16 U16 F16 BF16 I32 U32 F32 C64 F64 I64 U64"
 DTYPE_RANK = {name: rank for rank, name in enumerate(_DTYPES.split())}
@@ -31,31 +34,6 @@ _BINARY = getattr(os, "O_BINARY", 0)  # Windows opens files in text mode otherwi
 #: How far ahead of the copy the kernel is asked to read (posix_fadvise WILLNEED): reads of
 #: the next tensors overlap the writes of this one, without flooding the page cache.
 PREFETCH = 1 << 30
-
-
-@dataclass(frozen=True)
-class Stored:
-    """Where a tensor's bytes lie in a safetensors file."""
-
-    path: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute file offsets
-    end: int
-
-
-def read_header(path: str) -> dict[str, Stored]:
-    """Every tensor of one safetensors file (reads only the header)."""
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    base = 8 + length
-    stored = {}
-    for name, info in header.items():
-        if name != "__metadata__":
-            start, end = (base + offset for offset in info["data_offsets"])
-            stored[name] = Stored(path, info["dtype"], tuple(info["shape"]), start, end)
-    return stored
 
 
 def read_bytes(item: Stored) -> bytearray:

@@ -1,8 +1,8 @@
 """Check a `layer_swap` mergekit config before any tensor is read or any file is written.
 
 `check(raw)` takes the YAML as loaded (a dict) and returns every problem as one line that
-names the field and the fix. It reads the models' config.json files (locally or from the
-Hub) but never a tensor, and never imports torch or mergekit.
+names the field and the fix. It reads the models' config.json files and safetensors headers
+(locally or from the Hub) but never a tensor, and never imports torch or mergekit.
 """
 
 from __future__ import annotations
@@ -75,12 +75,34 @@ class LayerSwapPlan:
     models: dict[str, checkpoint.ModelInfo]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML
+    silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # PyYAML itself refuses unhashable keys
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load(path: str | Path) -> dict:
     """Read a YAML config file into a dict (ConfigError if unreadable or not a mapping)."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except OSError as error:
         raise ConfigError([f"{path}: cannot read it ({error.strerror})"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            [f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8"]
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigError([f"{path}: not valid YAML ({error})".replace("\n", " ")]) from None
     if not isinstance(raw, dict):
@@ -90,14 +112,12 @@ def load(path: str | Path) -> dict:
 
 def reference(value: Any) -> str | None:
     """A model entry as mergekit's string form ``path[@rev][+lora]`` (None if malformed)."""
-    if isinstance(value, str):
-        return value
     if isinstance(value, dict):
-        model = value.get("model", value.get("path"))
-        if isinstance(model, dict):
-            model = model.get("path") + (f"@{model['revision']}" if model.get("revision") else "")
-        return model if isinstance(model, str) else None
-    return None
+        value = value.get("model", value.get("path"))
+        if isinstance(value, dict):
+            path, revision = value.get("path"), value.get("revision")
+            value = f"{path}@{revision}" if isinstance(path, str) and revision else path
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def _pydantic_problems(prefix: str, error: ValidationError, known: list[str]) -> list[str]:
@@ -137,8 +157,12 @@ _SHARED_ONLY = "applies to the whole merge; move it to the top-level parameters"
 
 
 def _structure(raw: dict) -> list[str]:
-    problems = []
-    for key in sorted(set(raw) - MERGEKIT_KEYS):
+    problems = [
+        f"{key!r}: config keys are names such as models or base_model; remove this key"
+        for key in raw
+        if not isinstance(key, str)
+    ]
+    for key in sorted({k for k in raw if isinstance(k, str)} - MERGEKIT_KEYS):
         guess = difflib.get_close_matches(key, sorted(MERGEKIT_KEYS), n=1)
         hint = f"did you mean {guess[0]!r}?" if guess else "remove it"
         problems.append(f"{key}: not a mergekit config key; {hint}")
@@ -154,15 +178,42 @@ def _structure(raw: dict) -> list[str]:
             "base_model: missing; name the host model (e.g. the math expert) whose layers "
             "are kept wherever no donor claims them"
         )
+    elif reference(raw["base_model"]) is None:
+        problems.append("base_model: expected a model path or Hub id, e.g. base_model: ./math")
     if not isinstance(raw.get("models"), list) or not raw["models"]:
         problems.append("models: missing; list the host and at least one donor")
+    for key in ("dtype", "out_dtype"):
+        if key in raw and _dtype(raw[key]) is None:
+            problems.append(
+                f"{key}: got {raw[key]!r}; use one of {', '.join(DTYPES)} "
+                "(or leave it out to keep the models' own dtype)"
+            )
     return problems
+
+
+#: The floating-point dtypes mergekit 0.1.5 merges into (`mergekit.common.dtype_from_name`).
+DTYPES = ("bfloat16", "float16", "float32", "float64")
+
+
+def _dtype(value: Any) -> str | None:
+    name = value.removeprefix("torch.") if isinstance(value, str) else None
+    return name if name in DTYPES or value is None else None
+
+
+def _model_entry(where: str, entry: Any) -> tuple[str | None, str | None]:
+    """An entry of `models:` as (reference, problem)."""
+    if not isinstance(entry, dict):
+        shown = f"- model: {entry}" if isinstance(entry, str) else "- model: PATH_OR_HUB_ID"
+        return None, f"{where}: expected a mapping with a model key; write `{shown}`"
+    if reference(entry.get("model")) is None:
+        return None, f"{where}.model: missing or not a path; write `- model: PATH_OR_HUB_ID`"
+    return reference(entry["model"]), None
 
 
 def check_plan(raw: dict) -> tuple[LayerSwapPlan | None, list[str]]:
     """Validate a loaded config; returns the plan (None if invalid) and all problems."""
     problems = _structure(raw)
-    if problems and (not raw.get("base_model") or not isinstance(raw.get("models"), list)):
+    if reference(raw.get("base_model")) is None or not isinstance(raw.get("models"), list):
         return None, problems
     host = reference(raw["base_model"]) or ""
     shared, found = _parameters(
@@ -173,35 +224,38 @@ def check_plan(raw: dict) -> tuple[LayerSwapPlan | None, list[str]]:
 
     claims: list[swap.Claim] = []
     fields: dict[Hashable, str] = {}
-    seen: set[str] = set()
-    refs = [host]
+    where = {host: "base_model"}
+    seen = {checkpoint.identity(host): "base_model"}
     for i, entry in enumerate(raw["models"]):
-        where = f"models[{i}]"
-        ref = reference(entry.get("model") if isinstance(entry, dict) else None)
+        ref, problem = _model_entry(f"models[{i}]", entry)
         if ref is None:
-            problems.append(f"{where}.model: missing; write `- model: PATH_OR_HUB_ID`")
+            problems.append(problem)
             continue
-        if ref in seen:
-            problems.append(f"{where}.model: {ref} is listed twice; list each model once")
-            continue
-        seen.add(ref)
-        params = entry.get("parameters")
         if ref == host:
-            if params:
+            if entry.get("parameters"):
                 problems.append(
-                    f"{where}.parameters: the host (base_model) keeps its layers and takes no "
-                    "parameters; put bottom/top/layers under a donor"
+                    f"models[{i}].parameters: the host (base_model) keeps its layers and takes "
+                    "no parameters; put bottom/top/layers under a donor"
                 )
             continue
-        refs.append(ref)
+        same = checkpoint.identity(ref)
+        if same in seen:
+            problems.append(
+                f"models[{i}].model: {ref} is the same model as {seen[same]} ({same}); "
+                "list each model once, the host spelled as in base_model"
+            )
+            continue
+        seen[same] = where[ref] = f"models[{i}].model"
         shared_names = dict.fromkeys(SwapParameters.model_fields, _SHARED_ONLY)
-        donor, found = _parameters(f"{where}.parameters", params, DonorParameters, shared_names)
+        donor, found = _parameters(
+            f"models[{i}].parameters", entry.get("parameters"), DonorParameters, shared_names
+        )
         problems += found
-        fields[ref] = f"{where}.parameters"
+        fields[ref] = f"models[{i}].parameters"
         if donor is not None:
             claims.append(swap.Claim(ref, donor.bottom, donor.top, donor.layers))
 
-    infos, found = _model_infos(raw, refs)
+    infos, tensors, found = _read_models(where)
     problems += found
     if host not in infos or problems:
         return None, problems
@@ -224,37 +278,87 @@ def check_plan(raw: dict) -> tuple[LayerSwapPlan | None, list[str]]:
             field = "models"
         problems.append(f"{field}: {problem.message}")
     problems += _tied_problems(config, num_layers, infos[host])
-    plan = LayerSwapPlan(host, config, num_layers, infos) if not problems else None
-    return plan, problems
+    if problems:
+        return None, problems
+    plan = LayerSwapPlan(host, config, num_layers, infos)
+    problems = _tensor_problems(plan, tensors, where)
+    return (None if problems else plan), problems
 
 
-def _model_infos(raw: dict, refs: list[str]) -> tuple[dict[str, checkpoint.ModelInfo], list[str]]:
-    """Read every model's config; report unreadable models and any mismatch with the host."""
-    where = {reference(e.get("model")): f"models[{i}].model" for i, e in enumerate(raw["models"])}
-    where.setdefault(refs[0], "base_model")
-    infos, problems = {}, []
-    for ref in refs:
+def _read_models(
+    where: dict[str, str],
+) -> tuple[dict[str, checkpoint.ModelInfo], dict, list[str]]:
+    """Every model's config and tensor headers (`where`: reference -> its field, host
+    first); reports unreadable models and any config mismatch with the host."""
+    infos, tensors, problems = {}, {}, []
+    for ref, field in where.items():
+        if ref.startswith("~"):  # mergekit would look it up on the Hub
+            full = Path(checkpoint.split_reference(ref)[0]).expanduser()
+            problems.append(f"{field}: mergekit does not expand ~ in {ref}; write {full}")
+            continue
         try:
             infos[ref] = checkpoint.model_info(ref)
+            tensors[ref] = checkpoint.model_tensors(ref)
         except checkpoint.CheckpointError as error:
-            problems.append(f"{where[ref]}: {error}")
-    host = infos.get(refs[0])
-    if host is None:
-        return infos, problems
-    for ref, info in infos.items():
-        for label, attribute in (
-            ("architecture", "architecture"),
-            ("layer count", "num_layers"),
-            ("hidden size", "hidden_size"),
-            ("tie_word_embeddings", "tie_word_embeddings"),
-        ):
-            mine, theirs = getattr(info, attribute), getattr(host, attribute)
-            if mine != theirs:
-                problems.append(
-                    f"{where[ref]}: {label} {mine} differs from the host's {theirs}; "
-                    "layer_swap needs fine-tunes of one base model (same architecture and size)"
-                )
-    return infos, problems
+            problems.append(f"{field}: {error}")
+    host = infos.get(next(iter(where)))
+    for ref, info in infos.items() if host else ():
+        mine, theirs = dict(info.shape), dict(host.shape)
+        compared = [
+            ("architecture", info.architecture, host.architecture),
+            ("layer count", info.num_layers, host.num_layers),
+            ("tie_word_embeddings", info.tie_word_embeddings, host.tie_word_embeddings),
+            *((key, mine[key], theirs[key]) for key in mine if key in theirs),
+        ]
+        problems += [
+            f"{where[ref]}: {label} {value} differs from the host's {hosts} (config.json); "
+            "layer_swap needs fine-tunes of one base model (same architecture and shapes)"
+            for label, value, hosts in compared
+            if value != hosts
+        ]
+    return infos, tensors, problems
+
+
+def _tensor_problems(plan: LayerSwapPlan, tensors: dict, where: dict[str, str]) -> list[str]:
+    """Every tensor the merge takes from a model must exist there, shaped as the host's
+    (the output keeps the host's config.json). One line per model; headers only."""
+    arch = checkpoint.architectures()[plan.models[plan.host].architecture]
+    missing: dict[str, list[str]] = {}
+    differ: dict[str, list[str]] = {}
+    for name, optional, others in arch.tensors(plan.num_layers):
+        position = checkpoint.tensor_position(name)
+        found = {
+            ref: _lookup(tensors[ref], name, others)
+            for ref in swap.tensor_weights(position, plan.num_layers, plan.swap)
+            if tensors[ref] is not None  # pickled weights: shapes unknown before loading
+        }
+        host = _lookup(tensors[plan.host], name, others)
+        for ref, item in found.items():
+            if item is None and not optional:
+                missing.setdefault(ref, []).append(name)
+            elif item is not None and host is not None and item.shape != host.shape:
+                shapes = f"{list(item.shape)} where the host's is {list(host.shape)}"
+                differ.setdefault(ref, []).append(f"{name} has shape {shapes}")
+    problems = [
+        f"{where[ref]}: {ref} has no tensor {names[0]}{_more(names, 'missing')}; the merge "
+        "takes it from this model: re-download or re-save the model"
+        for ref, names in missing.items()
+    ]
+    problems += [
+        f"{where[ref]}: tensor {lines[0]}{_more(lines, 'differ')}; layer_swap needs "
+        "fine-tunes of one base model (same tensor shapes)"
+        for ref, lines in differ.items()
+    ]
+    return problems
+
+
+def _lookup(tensors: dict | None, name: str, others: tuple[str, ...]):
+    """A tensor under its name or one of its aliases / tied names (None if absent)."""
+    return next((tensors[n] for n in (name, *others) if n in tensors), None) if tensors else None
+
+
+def _more(items: list[str], verb: str) -> str:
+    return f" ({len(items) - 1} more {verb})" if len(items) > 1 else ""
 
 
 def _tied_problems(

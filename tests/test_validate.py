@@ -93,7 +93,7 @@ CASES = [
     (lambda m: config(m, {"qwen": {"bottom": 2}}), "models[1].model",
      "architecture Qwen2ForCausalLM differs"),
     (lambda m: config(m, {"wide": {"bottom": 2}}), "models[1].model",
-     "hidden size 96 differs from the host's 64"),
+     "hidden_size 96 differs from the host's 64"),
     (lambda m: config(m, {"tied_a": {"bottom": 2}}), "models[1].model",
      "tie_word_embeddings True differs"),
     (lambda m: {**config(m), "models": [*config(m)["models"], {"model": "./no/such/model"}]},
