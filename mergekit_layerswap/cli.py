@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mergekit-layerswap",
         description="Layer swapping for mergekit, scored on MGSM with lm-evaluation-harness.",
     )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show the traceback when a run fails"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     merge = sub.add_parser("merge", help="run a mergekit config (layer_swap or any) atomically")
@@ -74,19 +77,20 @@ def _problems(path: str, error: Exception) -> UsageError:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from mergekit_layerswap import swap, validate
+    from mergekit_layerswap import plan as slices
+    from mergekit_layerswap import validate
 
     try:
         plan = validate.plan(validate.load(args.config))
     except validate.ConfigError as error:
         raise _problems(args.config, error) from None
-    print(f"{args.config}: OK ({plan.num_layers} layers, host {plan.host})")
-    rows = [("embeddings", "pre")]
-    rows += [(f"layer {index:>3}", index) for index in range(plan.num_layers)]
-    rows += [("norm + head", "post")]
-    for label, position in rows:
-        weights = swap.tensor_weights(position, plan.num_layers, plan.swap)
-        print(f"  {label:>11}: " + " + ".join(f"{w:.3g} {src}" for src, w in weights.items()))
+    donors = [claim.donor for claim in plan.swap.claims]
+    symbols = {plan.host: "H"} | {
+        donor: "D" if len(donors) == 1 else f"D{i}" for i, donor in enumerate(donors, 1)
+    }
+    print(f"{args.config}: OK ({plan.num_layers} layers)")
+    print("\n".join(f"{symbol} = {source}" for source, symbol in symbols.items()))
+    print("\n".join(slices.text_map(plan.swap, plan.num_layers, symbols)))
     return 0
 
 
@@ -148,7 +152,7 @@ def _eval(args: argparse.Namespace) -> int:
             args.models, settings, args.output, cache_dir=args.cache_dir
         )
     except evaluate.EvalInputError as error:
-        raise UsageError(str(error)) from None
+        raise UsageError("\n  ".join(error.problems)) from None
     print(evaluate.render_markdown(results))
     print(f"wrote {args.output}/results.json and results.md")
     return 0
@@ -192,7 +196,7 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         run_demo(args.out, limit=args.limit, data_dir=args.data_dir)
     except EvalInputError as error:
-        raise UsageError(str(error)) from None
+        raise UsageError("\n  ".join(error.problems)) from None
     return 0
 
 
@@ -269,13 +273,37 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_fault(error: Exception) -> bool:
+    """A failure of the environment, not of our code: file system or network (OSError, which
+    includes huggingface_hub's and requests' errors, or an httpx error)."""
+    http = tuple(sys.modules[name].HTTPError for name in ("httpx", "httpx2") if name in sys.modules)
+    return isinstance(error, (OSError, *http))
+
+
+def _fault(error: Exception) -> str:
+    """One line: the file(s) an OSError names and why, or the error's first line."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        files = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
+        return f"{files}: {error.strerror}"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command: 0 done, 2 bad input (one line per problem), 1 a run that failed (one
+    line naming what failed; `-v` shows the traceback instead)."""
     args = build_parser().parse_args(argv)
+    prefix = f"mergekit-layerswap {args.command}"
     try:
         return args.handler(args) or 0
     except UsageError as error:
-        print(f"mergekit-layerswap {args.command}: error: {error}", file=sys.stderr)
+        print(f"{prefix}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if args.verbose or not _is_fault(error):
+            raise
+        print(f"{prefix}: failed: {_fault(error)} (-v shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import sys
+import warnings
 from collections.abc import Hashable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -28,6 +29,7 @@ from mergekit.merge_methods import (
     TensorGroup,
     merge_method,
 )
+from mergekit.merge_methods.base import FunctionalGroupMergeMethod
 from pydantic import NonNegativeInt, PositiveInt
 
 from mergekit_layerswap import _hook, checkpoint, stream, swap, validate
@@ -54,17 +56,41 @@ def _layer_count(group: TensorGroup, num_layers: int | None) -> int:
 
 
 def _rule_weights(group: TensorGroup, num_layers: int | None, **parameters) -> dict:
-    """{input id: weight} for this tensor, from the swap rule and the per-donor claims."""
+    """{input id: weight} for this tensor, from the swap rule and the per-donor claims.
+    When no donor claims anything (e.g. a generic call with default parameters, as
+    mergekit's own tests make), the host is returned unchanged, with a warning; mergekit
+    configs never get here that way (validation refuses a donor that claims nothing)."""
     bottom, top, layers = (parameters.pop(name) for name in ("bottom", "top", "layers"))
-    config = swap.SwapConfig(
-        host=group.base.id,
-        claims=tuple(
-            swap.Claim(e.id, bottom[e.id], top[e.id], layers[e.id]) for e in group.non_base
-        ),
-        **parameters,
-    )
+    claims = tuple(swap.Claim(e.id, bottom[e.id], top[e.id], layers[e.id]) for e in group.non_base)
+    if not any(claim.bottom or claim.top or str(claim.layers).strip() for claim in claims):
+        warnings.warn(
+            "layer_swap: no donor claims any layer (bottom, top and layers are unset); "
+            "the result is the base model unchanged",
+            stacklevel=2,
+        )
+        return {group.base.id: 1.0}
+    config = swap.SwapConfig(host=group.base.id, claims=claims, **parameters)
     position = checkpoint.tensor_position(group.metadata.name or "")
     return dict(swap.tensor_weights(position, _layer_count(group, num_layers), config))
+
+
+class LayerSwapMethod(FunctionalGroupMergeMethod):
+    """The layer_swap method object. In-memory merges (`merge_state_dicts`, which calls
+    the method on all tensor groups at once) are checked against the layers present: a
+    wrong `num_layers` would place the top/transition layers wrongly, or not at all.
+    mergekit's planner calls `_execute_resolved` instead, with validated configs."""
+
+    def __call__(self, groups, /, *, parameters=None, **options) -> tuple[torch.Tensor, ...]:
+        groups = tuple(groups)
+        num_layers = (parameters or {}).get("num_layers")
+        positions = (checkpoint.tensor_position(g.metadata.name or "") for g in groups)
+        present = sorted({p for p in positions if isinstance(p, int)})
+        if isinstance(num_layers, int) and present and present[-1] + 1 != num_layers:
+            raise ValueError(
+                f"layer_swap: num_layers={num_layers}, but the state dicts hold layers "
+                f"{swap.format_ranges(present)}; pass num_layers={present[-1] + 1}"
+            )
+        return super().__call__(groups, parameters=parameters, **options)
 
 
 @merge_method(
@@ -74,7 +100,7 @@ def _rule_weights(group: TensorGroup, num_layers: int | None, **parameters) -> d
     contract=InputContract(base=BasePolicy.REQUIRED),
     uses_accelerator=False,
 )
-def layer_swap(
+def _kernel(
     group: TensorGroup,
     bottom: PerNonBase[NonNegativeInt] = 0,
     top: PerNonBase[NonNegativeInt] = 0,
@@ -95,6 +121,9 @@ def layer_swap(
         )  # fmt: skip
     tensors: dict[Hashable, torch.Tensor] = {e.id: e.tensor for e in group.entries}
     return combine([tensors[source] for source in weights], list(weights.values()))
+
+
+layer_swap = LayerSwapMethod(_kernel.spec, _kernel.implementation)
 
 
 def combine(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
@@ -283,6 +312,30 @@ def _exit_on_config_error(hook):
     return excepthook
 
 
+def _raw_config(config) -> dict:
+    """What validation reads of a MergeConfiguration, model references as their strings.
+
+    Not `config.model_dump()`: for a path with a space or a quote, mergekit's
+    ModelReference serializer returns the reference itself, which pydantic reports as
+    "Circular reference detected". `slices`/`modules` (refused by validation) are only
+    marked as present.
+    """
+    plain = {"merge_method", "parameters", "dtype", "out_dtype"}
+    raw = config.model_dump(mode="json", exclude_none=True, include=plain)
+    if config.base_model is not None:
+        raw["base_model"] = str(config.base_model)
+    if config.models is not None:
+        raw["models"] = [
+            {
+                "model": str(m.model),
+                **m.model_dump(mode="json", exclude_none=True, exclude={"model"}),
+            }
+            for m in config.models
+        ]
+    raw.update({key: True for key in ("slices", "modules") if getattr(config, key)})
+    return raw
+
+
 def guard_planner(plan_module) -> None:
     """Check, compile and stream every layer_swap config in mergekit's planner.
 
@@ -302,7 +355,7 @@ def guard_planner(plan_module) -> None:
     @functools.wraps(original)
     def normalize_config(self):
         if self.config.merge_method == layer_swap.spec.name:
-            raw = self.config.model_dump(mode="json", exclude_none=True)
+            raw = _raw_config(self.config)
             plan, problems = validate.check_plan(raw)
             if problems:
                 if not getattr(sys.excepthook, "layerswap", False):
