@@ -96,12 +96,22 @@ def recipe(name: str) -> dict:
 
 
 def run_demo(out_dir: str | Path, *, limit: int | None = None, data_dir: str | None = None):
-    """Build the tiny experts, run the tiny-demo suite, return its leaderboard rows."""
+    """Build the tiny experts, run the tiny-demo suite, return its leaderboard rows.
+
+    The evaluation settings, the MGSM data and the output folder are checked (EvalInputError)
+    before any model is built.
+    """
+    from mergekit_layerswap.evaluate.run import check_writable
+    from mergekit_layerswap.evaluate.tasks import check_data_dir
     from mergekit_layerswap.suite.runner import run_suite
-    from mergekit_layerswap.suite.schema import parse_suite
+    from mergekit_layerswap.suite.schema import Evaluation, parse_suite
 
     out = Path(out_dir)
-    models = build_models(out / "models")
     raw = recipe("tiny-demo.yml")
+    evaluation = Evaluation.model_validate(raw["evaluation"])
+    settings = evaluation.settings(limit=limit, data_dir=data_dir)
+    check_data_dir(settings.data_dir, settings.languages)
+    check_writable(out, "output")
+    models = build_models(out / "models")
     raw["models"] = {alias: str(models[alias]) for alias in raw["models"]}
     return run_suite(parse_suite(raw), out, limit=limit, data_dir=data_dir)

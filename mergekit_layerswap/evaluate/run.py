@@ -188,15 +188,15 @@ def load_lm(identity: ModelIdentity, settings: EvalSettings, device: str | None)
         )
 
 
-def _check_writable(directory: Path, what: str) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as error:
+def check_writable(directory: Path, what: str) -> None:
+    """EvalInputError unless `directory` is, or can be made as, a writable folder (nothing
+    is created here)."""
+    existing = next(path for path in (directory, *directory.absolute().parents) if path.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise EvalInputError(
-            f"cannot write to the {what} directory {directory}: {error.strerror or error}"
-        ) from error
+            f"cannot write to the {what} directory {directory}: {existing} is not a writable "
+            "folder; choose another"
+        )
 
 
 def _previous_results(
@@ -221,10 +221,12 @@ def _previous_results(
 
 
 class Prepared(NamedTuple):
-    """What `prepare` found: the models' identities, the HF device, results already there."""
+    """What `prepare` found: the models' identities, the HF device, the library versions,
+    results already there."""
 
     identities: list[ModelIdentity]
     device: str | None
+    versions: dict[str, str]
     previous: EvalResults | None
 
 
@@ -233,7 +235,6 @@ def prepare(
     settings: EvalSettings,
     output_dir: Path,
     cache_dir: Path,
-    versions: dict[str, str],
     *,
     replace: bool = False,
 ) -> Prepared:
@@ -254,15 +255,19 @@ def prepare(
             "the vllm backend needs the vllm package, which is not installed: "
             "pip install 'mergekit-layerswap[vllm]' (Linux with a CUDA GPU)"
         )
+        versions = library_versions("hf")
+    else:
+        versions = library_versions(settings.backend)
     check(check_data_dir, settings.data_dir, settings.languages)
     identities = [check(resolve_model, model) for model in models]
     device = None if settings.backend == "vllm" else check(_resolve_device, settings)
-    check(_check_writable, output_dir, "output")
-    check(_check_writable, cache_dir, "cache")
+    check(check_writable, output_dir, "output")
+    if not cache_dir.is_relative_to(output_dir):  # else the output folder's problem covers it
+        check(check_writable, cache_dir, "cache")
     previous = None if replace else check(_previous_results, output_dir, settings, versions)
     if problems:
         raise EvalInputError(*problems)
-    return Prepared(identities, device, previous)
+    return Prepared(identities, device, versions, previous)
 
 
 def _free_memory() -> None:
@@ -302,10 +307,11 @@ def evaluate_models(
     """
     output_dir = Path(output_dir)
     cache = ResultCache(Path(cache_dir) if cache_dir is not None else output_dir / "cache")
-    versions = library_versions(settings.backend)
-    identities, device, previous = prepare(
-        models, settings, output_dir, cache.directory, versions, replace=replace
+    identities, device, versions, previous = prepare(
+        models, settings, output_dir, cache.directory, replace=replace
     )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cache.directory.mkdir(parents=True, exist_ok=True)
     model_results = []
     for index, identity in enumerate(identities, 1):
         keys = {code: cache.key(identity, settings, code, versions) for code in settings.languages}
