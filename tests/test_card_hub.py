@@ -15,7 +15,7 @@ from helpers import layer_swap
 from hub_standin import HubStandIn
 from huggingface_hub import ModelCard
 
-from mergekit_layerswap import card, cli, hub, swap
+from mergekit_layerswap import card, cli, complete, swap
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -67,12 +67,18 @@ def test_layer_map_of_a_middle_swap_is_compact():
     assert len(rows) == 9  # 36 layers in 7 rows
 
 
-def test_card_with_scores_matches_results(merged, mgsm_hf_dir, tmp_path, capsys):
-    results = tmp_path / "results"
+@pytest.fixture(scope="module")
+def results(merged, mgsm_hf_dir, tmp_path_factory) -> Path:
+    """`eval --limit 2` of the merged model: a partial evaluation."""
+    results = tmp_path_factory.mktemp("results")
     code = cli.main(["eval", str(merged), "--languages", "sw,en", "--limit", "2",
                      "--max-gen-toks", "16", "--data-dir", str(mgsm_hf_dir),
                      "--output", str(results)])  # fmt: skip
     assert code == 0
+    return results
+
+
+def test_card_with_scores_matches_results(merged, results, capsys):
     assert cli.main(["card", str(merged), "--results", str(results / "results.json")]) == 0
     capsys.readouterr()
     data = ModelCard.load(merged / "README.md").data
@@ -84,6 +90,27 @@ def test_card_with_scores_matches_results(merged, mgsm_hf_dir, tmp_path, capsys)
     assert {r.dataset_type for r in data.eval_results} == {"juletxara/mgsm"}
     text = (merged / "README.md").read_text()
     assert "## MGSM" in text and "--languages sw,en --mode native_cot" in text
+    # a --limit evaluation says it is partial, in the text and in the model-index
+    assert "**Partial evaluation** (partial: first 2 problems per language" in text
+    assert {r.dataset_split for r in data.eval_results} == {"test[:2]"}
+    assert all("partial: first 2 problems" in r.metric_name for r in data.eval_results)
+
+
+def test_card_refuses_scores_of_another_model(merged, results, tmp_path, capsys):
+    """`card --results`: scores attach only to the model they were computed for (by
+    fingerprint), never to another folder because results.json holds a single model."""
+    moved, other = tmp_path / "moved", tmp_path / "other"
+    shutil.copytree(merged, moved)
+    shutil.copytree(merged, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "rope_theta": 1.0}))
+    assert cli.main(["card", str(moved), "--results", str(results)]) == 0  # same files
+    assert ModelCard.load(moved / "README.md").data.eval_results
+    card_before = (other / "README.md").read_bytes()
+    assert cli.main(["card", str(other), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert "score this folder" in err and len(err.strip().splitlines()) == 1
+    assert (other / "README.md").read_bytes() == card_before
 
 
 def broken_copies(merged: Path, root: Path) -> dict[str, tuple[Path, str]]:
@@ -100,7 +127,7 @@ def broken_copies(merged: Path, root: Path) -> dict[str, tuple[Path, str]]:
     (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors",
                             "b": "model-00002-of-00002.safetensors"}}  # fmt: skip
-    (folder / hub.INDEX).write_text(json.dumps(index))
+    (folder / complete.INDEX).write_text(json.dumps(index))
     cases["missing-shard"] = (folder, "model-00002-of-00002.safetensors is listed in")
     folder = copy("truncated")
     data = (folder / "model.safetensors").read_bytes()
@@ -112,6 +139,10 @@ def broken_copies(merged: Path, root: Path) -> dict[str, tuple[Path, str]]:
     folder = copy("no-tokenizer")
     (folder / "tokenizer.json").unlink()
     cases["no-tokenizer"] = (folder, "no tokenizer")
+    folder = copy("truncated-tokenizer")
+    text = (folder / "tokenizer.json").read_text()
+    (folder / "tokenizer.json").write_text(text[: len(text) // 2])
+    cases["truncated-tokenizer"] = (folder, "tokenizer.json does not parse as JSON")
     folder = copy("no-card")
     (folder / "README.md").unlink()
     cases["no-card"] = (folder, "README.md (the model card) is missing")
@@ -126,6 +157,23 @@ def test_push_dry_run_lists_a_complete_folder_and_refuses_broken_ones(merged, tm
         code = cli.main(["push", str(folder), "--repo-id", "me/swap", "--dry-run"])
         err = capsys.readouterr().err
         assert code == 2 and message in err, (name, err)
+
+
+def test_push_refuses_a_bad_repo_id_and_reports_no_network_in_one_line(merged, capsys):
+    """push: an id the Hub would refuse (its own validation) is exit 2 before the dry run
+    says 'would upload'; an unreachable Hub (this machine has no network) is exit 1."""
+    for repo_id in ("bad id/swap", "me/swap..x", "a/b/c", "swap"):
+        assert cli.main(["push", str(merged), "--repo-id", repo_id, "--dry-run"]) == 2
+        captured = capsys.readouterr()
+        assert "--repo-id" in captured.err and "would upload" not in captured.out
+        assert len(captured.err.strip().splitlines()) == 1
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_x"}
+    env.pop("HF_ENDPOINT", None)
+    command = [str(BIN / "mergekit-layerswap"), "push", str(merged), "--repo-id", "me/swap"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("mergekit-layerswap push: error: could not upload")
+    assert len(done.stderr.strip().splitlines()) == 1 and "hf_x" not in done.stderr
 
 
 def test_upload_reaches_the_hub_without_leaking_the_token(merged):
