@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -50,13 +51,34 @@ def run_cli(tmp_path: Path, raw: dict, *args: str, capsys=None) -> tuple[int, st
     return code, captured.err + captured.out
 
 
-def test_valid_config_prints_the_layer_map(models, tmp_path, capsys):
+def test_valid_config_prints_the_compact_layer_map(models, tmp_path, capsys):
+    """validate output class: runs of layers with the same sources, one line each."""
     code, out = run_cli(tmp_path, config(models, transition=1), "validate", capsys=capsys)
     assert code == 0, out
-    assert "OK (8 layers" in out
-    assert f"layer   2: 0.5 {models['sw']} + 0.5 {models['math']}" in out
-    assert f"layer   7: 1 {models['sw']}" in out
-    assert f"embeddings: 1 {models['sw']}" in out and f"norm + head: 1 {models['sw']}" in out
+    assert out.splitlines()[1:] == [
+        f"H = {models['math']}",
+        f"D = {models['sw']}",
+        "embeddings  D",
+        "layer  0-1  D D",
+        "layer    2  ½D+½H",
+        "layer  3-5  H H H",
+        "layer    6  ½D+½H",
+        "layer    7  D",
+        "norm + head D",
+    ]
+
+
+def test_validate_prints_the_readme_layer_map(make_model, tmp_path, capsys):
+    """validate output class: the README's block for the paper's default, verbatim."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("`mergekit-layerswap validate` prints it")[1].split("```")[1]
+    host, donor = make_model("llama", 32, seed=1), make_model("llama", 32, seed=2)
+    models = {"math": host, "sw": donor}
+    raw = config(models, {"sw": {"bottom": 5, "top": 2}}, transition=1)
+    capsys.readouterr()  # what building the models printed
+    code, out = run_cli(tmp_path, raw, "validate", capsys=capsys)
+    assert code == 0, out
+    assert out.splitlines()[3:] == block.strip().splitlines()
 
 
 CASES = [
@@ -174,3 +196,74 @@ def test_recipe_validates_with_the_paper_layer_map(make_model, tmp_path):
     donor_layers = [i for i, w in enumerate(layers) if w == {str(swahili): 1.0}]
     blends = [i for i, w in enumerate(layers) if len(w) == 2]
     assert donor_layers == [0, 1, 2, 3, 4, 30, 31] and blends == [5, 29]
+
+
+TEXT_CASES = [
+    ("list of paths", "models: [{host}, {sw}]", "models[0]: expected a mapping with a model key"),
+    ("non-string key", "models: {models}\n1: x", "1: config keys are names"),
+    (
+        "model mapping without a path",
+        "models:\n  - model: {host}\n  - model: {{revision: main}}\n    parameters: {{top: 1}}",
+        "models[1].model: missing or not a path",
+    ),
+    ("duplicated key", "models: {models}\nbase_model: {host}", "key 'base_model' is given twice"),
+    ("dtype int8", "models: {models}\ndtype: int8", "dtype: got 'int8'; use one of bfloat16"),
+    ("dtype nonsense", "models: {models}\nout_dtype: fp17", "out_dtype: got 'fp17'; use one of"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "words"), [c[1:] for c in TEXT_CASES], ids=[c[0] for c in TEXT_CASES]
+)
+def test_bad_yaml_shapes_and_dtypes_are_one_line_not_a_traceback(
+    models, tmp_path, capsys, body, words
+):
+    """Malformed YAML shapes and unsupported dtypes: one line naming the field, exit 2."""
+    entries = [
+        {"model": str(models["math"])},
+        {"model": str(models["sw"]), "parameters": {"top": 1}},
+    ]
+    text = f"merge_method: layer_swap\nbase_model: {models['math']}\n" + body.format(
+        host=models["math"], sw=models["sw"], models=json.dumps(entries)
+    )
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    for command in (["validate", str(path)], ["merge", str(path), str(tmp_path / "out")]):
+        code = cli.main(command)
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_utf8_config_file_is_one_line(tmp_path, capsys):
+    path = tmp_path / "config.yml"
+    path.write_bytes("merge_method: layer_swap\nbase_model: ./mod\u00e8le\n".encode("latin-1"))
+    assert cli.main(["validate", str(path)]) == 2
+    assert "not UTF-8 text (byte" in capsys.readouterr().err
+
+
+def test_one_model_spelled_two_ways_is_refused(models, tmp_path, monkeypatch):
+    """Path spellings class: relative vs absolute, and a symlink, resolve to the host."""
+    monkeypatch.chdir(models["math"].parent)
+    link = tmp_path / "link"
+    link.symlink_to(models["math"])
+    for spelling in (f"./{models['math'].name}", str(link)):
+        raw = config(models)
+        raw["models"][1]["model"] = spelling
+        found = validate.check(raw)
+        assert found == [
+            f"models[1].model: {spelling} is the same model as base_model "
+            f"({models['math'].resolve()}); list each model once, the host spelled as in "
+            "base_model"
+        ]
+
+
+def test_tilde_path_is_refused_because_mergekit_does_not_expand_it(models, monkeypatch):
+    """Path spellings class: what validation reads must be what mergekit reads."""
+    monkeypatch.setenv("HOME", str(models["sw"].parent))
+    raw = config(models)
+    raw["models"][1]["model"] = f"~/{models['sw'].name}"
+    assert validate.check(raw) == [
+        f"models[1].model: mergekit does not expand ~ in ~/{models['sw'].name}; "
+        f"write {models['sw']}"
+    ]
