@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
+import pytest
 import yaml
 
 
@@ -99,3 +103,77 @@ def test_card_hook_point_is_pinned():
 
     assert "generate_card(" in inspect.getsource(mergekit.merge.run_merge)
     assert mergekit.merge.generate_card.layerswap
+
+
+def test_stock_mergekit_yaml_merges_a_spaced_relative_path(make_model, tmp_path):
+    """Path spellings class: a path with a space (mergekit's ModelReference serializer made
+    the planner hook fail with "Circular reference detected") that is also relative with
+    one slash; validate and the stock mergekit-yaml agree on it."""
+    for name, seed in (("A", 1), ("B", 2)):
+        shutil.copytree(make_model("llama", 8, seed=seed), tmp_path / "my models" / name)
+    raw = {
+        "merge_method": "layer_swap",
+        "base_model": "my models/A",
+        "models": [{"model": "my models/A"}, {"model": "my models/B", "parameters": {"top": 2}}],
+        "dtype": "bfloat16",
+    }
+    (tmp_path / "swap.yml").write_text(yaml.safe_dump(raw))
+    for command in (["mergekit-layerswap", "validate"], ["mergekit-yaml"]):
+        executable = str(Path(sys.executable).with_name(command[0]))
+        arguments = [executable, *command[1:], "swap.yml"] + (["out"] if len(command) == 1 else [])
+        result = subprocess.run(
+            arguments, cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_in_memory_num_layers_must_match_the_state_dicts():
+    """In-memory API class: a wrong num_layers would apply the swap half-way."""
+    import torch
+    from mergekit.merge_methods import merge_state_dicts
+
+    import mergekit_layerswap.method  # noqa: F401  (registers layer_swap)
+
+    def state(value: float) -> dict:
+        return {f"model.layers.{i}.mlp.weight": torch.full((2,), value) for i in range(8)}
+
+    def merge(num_layers: int) -> dict:
+        parameters = {"top": {"sw": 2}, "num_layers": num_layers}
+        models = {"math": state(0.0), "sw": state(1.0)}
+        return merge_state_dicts(models, "layer_swap", base="math", parameters=parameters)
+
+    with pytest.raises(ValueError, match=r"num_layers=32, but the state dicts hold layers 0-7"):
+        merge(32)
+    merged = merge(8)
+    assert [float(merged[f"model.layers.{i}.mlp.weight"][0]) for i in range(8)] == [0] * 6 + [1] * 2
+
+
+def test_mergekit_own_method_regressions_pass_with_the_plugin(tmp_path_factory, request):
+    """mergekit's own test suite class: installing the plugin must not turn mergekit 0.1.5's
+    tests red; its sdist's test_merge_method_regressions.py runs every registered method
+    (layer_swap included) through merge_state_dicts with generic parameters."""
+    cache = Path(request.config.cache.mkdir("mergekit-sdist"))
+    archives = list(cache.glob("mergekit-0.1.5.tar.gz"))
+    if not archives:
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        download = subprocess.run(
+            [*pip, "mergekit==0.1.5", "-d", str(cache)], capture_output=True, text=True, timeout=300
+        )
+        archives = list(cache.glob("mergekit-0.1.5.tar.gz"))
+        if download.returncode != 0 or not archives:
+            pytest.skip(f"PyPI unreachable, mergekit's sdist not fetched: {download.stderr[-300:]}")
+    member = "mergekit-0.1.5/tests/test_merge_method_regressions.py"
+    root = tmp_path_factory.mktemp("sdist")
+    with tarfile.open(archives[0]) as archive:
+        archive.extract(member, root, filter="data")
+    pytest_command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    result = subprocess.run(
+        [*pytest_command, "-k", "layer_swap", Path(member).name],
+        cwd=root / Path(member).parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "1 passed" in result.stdout, result.stdout[-3000:]
