@@ -143,6 +143,9 @@ def broken_copies(merged: Path, root: Path) -> dict[str, tuple[Path, str]]:
     text = (folder / "tokenizer.json").read_text()
     (folder / "tokenizer.json").write_text(text[: len(text) // 2])
     cases["truncated-tokenizer"] = (folder, "tokenizer.json does not parse as JSON")
+    folder = copy("broken-sentencepiece")
+    (folder / "tokenizer.json").rename(folder / "tokenizer.model")  # not a sentencepiece file
+    cases["broken-sentencepiece"] = (folder, "tokenizer.model does not load")
     folder = copy("no-card")
     (folder / "README.md").unlink()
     cases["no-card"] = (folder, "README.md (the model card) is missing")
