@@ -19,10 +19,15 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from mergekit_layerswap import complete, validate
+
+if TYPE_CHECKING:
+    from mergekit.config import MergeConfiguration
+    from mergekit.options import MergeOptions
 
 #: Written into the output folder before it is renamed into place (see `run(metadata=...)`).
 METADATA_FILE = "layerswap-merge.json"
@@ -135,7 +140,7 @@ def _disk_full(error: BaseException | None) -> bool:
     return False
 
 
-def _expects_tokenizer(config, options) -> bool:
+def _expects_tokenizer(config: MergeConfiguration, options: MergeOptions) -> bool:
     """mergekit builds a tokenizer, or copies one from the donor model that has one."""
     from mergekit.common import ModelReference
 
@@ -148,7 +153,14 @@ def _expects_tokenizer(config, options) -> bool:
     return any((folder / name).is_file() for name in complete.TOKENIZER_FILES)
 
 
-def _finish(partial: Path, out: Path, config, options, source: str, logged: list) -> None:
+def _finish(
+    partial: Path,
+    out: Path,
+    config: MergeConfiguration,
+    options: MergeOptions,
+    source: str,
+    logged: list[logging.LogRecord],
+) -> None:
     """Card, config and checks on a merged `partial`; MergeError if it is not complete."""
     import mergekit.merge
 
@@ -159,7 +171,8 @@ def _finish(partial: Path, out: Path, config, options, source: str, logged: list
         error = failed[0].exc_info[1] if failed[0].exc_info else None
         if _disk_full(error):
             raise error  # mergekit logged it and went on
-        raise MergeError(f"mergekit: {failed[0].getMessage()} ({error}); nothing was written")
+        what = failed[0].getMessage().split(".")[0]  # "Failed to copy tokenizer"
+        raise MergeError(f"mergekit: {what} ({error}); nothing was written")
     for record in logged:  # a donor without a tokenizer: mergekit's own error, as before
         logging.getLogger(record.name).handle(record)
     # the hooked generate_card: ours for layer_swap, mergekit's for other methods
