@@ -160,7 +160,7 @@ def test_output_folder_holding_a_model_is_refused(models, tmp_path, capsys):
     out.mkdir()
     (out / "config.json").write_text("{}")
     code, text = run_cli(tmp_path, config(models), "merge", str(out), capsys=capsys)
-    assert code == 2 and "already holds a model" in text
+    assert code == 2 and "is not empty (holds config.json)" in text
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]
 
 
