@@ -2,7 +2,8 @@
 
 mergekit 0.1.5 has no plugin discovery. This installs an import hook that waits for
 mergekit's own modules: right after `mergekit.merge_methods` finishes importing it registers
-`layer_swap`, right after `mergekit.plan` it installs the configuration check, and right
+`layer_swap`, right after `mergekit.config` and `mergekit.plan` it installs the
+configuration checks (where mergekit parses a config, and where it plans one), and right
 after `mergekit.merge` it makes layer_swap merges get our model card. Nothing
 (not torch, not mergekit) is imported until a program imports mergekit itself.
 """
@@ -46,6 +47,7 @@ def run_deferred() -> None:
 
 _WATCHED = {
     "mergekit.merge_methods": _later("register"),
+    "mergekit.config": _later("guard_config"),
     "mergekit.plan": _later("guard_planner"),
     "mergekit.merge": _later("guard_card"),
 }

@@ -336,6 +336,34 @@ def _raw_config(config) -> dict:
     return raw
 
 
+def _refuse(problems: list[str]) -> None:
+    """Raise the problems as one ConfigError that the stock CLI prints as lines, exit 2."""
+    if problems:
+        if not getattr(sys.excepthook, "layerswap", False):
+            sys.excepthook = _exit_on_config_error(sys.excepthook)
+        raise validate.ConfigError(problems)
+
+
+def guard_config(config_module) -> None:
+    """Check layer_swap configs where the stock `mergekit-yaml` parses the loaded YAML
+    (`MergeConfiguration.model_validate`, pinned by tests/test_registration.py), so a
+    malformed shape (`models: [./A, ./B]`, a `model:` without a path, non-string keys) is
+    one line per problem instead of pydantic's traceback."""
+    configuration = config_module.MergeConfiguration
+    original = configuration.model_validate.__func__
+    if getattr(original, "layerswap", False):
+        return
+
+    @functools.wraps(original)
+    def model_validate(cls, obj, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("merge_method") == layer_swap.spec.name:
+            _refuse(validate.check(obj))
+        return original(cls, obj, *args, **kwargs)
+
+    model_validate.layerswap = True
+    configuration.model_validate = classmethod(model_validate)
+
+
 def guard_planner(plan_module) -> None:
     """Check, compile and stream every layer_swap config in mergekit's planner.
 
@@ -357,10 +385,7 @@ def guard_planner(plan_module) -> None:
         if self.config.merge_method == layer_swap.spec.name:
             raw = _raw_config(self.config)
             plan, problems = validate.check_plan(raw)
-            if problems:
-                if not getattr(sys.excepthook, "layerswap", False):
-                    sys.excepthook = _exit_on_config_error(sys.excepthook)
-                raise validate.ConfigError(problems)
+            _refuse(problems)
             self._layerswap = plan, compile_config(self.config, plan)
         return original(self)
 

@@ -177,3 +177,36 @@ def test_mergekit_own_method_regressions_pass_with_the_plugin(tmp_path_factory, 
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "1 passed" in result.stdout, result.stdout[-3000:]
+
+
+def test_config_parse_hook_point_is_pinned():
+    """The shape check wraps MergeConfiguration.model_validate, which mergekit-yaml's main
+    must call on the loaded YAML (fails loudly if mergekit changes)."""
+    import inspect
+
+    from mergekit.config import MergeConfiguration
+    from mergekit.scripts import run_yaml
+
+    assert "MergeConfiguration.model_validate(" in inspect.getsource(run_yaml)
+    assert MergeConfiguration.model_validate.__func__.layerswap
+
+
+def test_stock_mergekit_yaml_reports_bad_yaml_shapes_in_one_line(make_model, tmp_path):
+    """Tracebacks-for-bad-input class: `models: [./A, ./B]` used to be pydantic's traceback."""
+    host, donor = make_model("llama", 8, seed=1), make_model("llama", 8, seed=2)
+    path = tmp_path / "swap.yml"
+    path.write_text(f"merge_method: layer_swap\nbase_model: {host}\nmodels: [{host}, {donor}]\n")
+    mergekit_yaml = Path(sys.executable).with_name("mergekit-yaml")
+    result = subprocess.run(
+        [str(mergekit_yaml), str(path), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.splitlines() == [
+        f"layer_swap config error: models[{i}]: expected a mapping with a model key; "
+        f"write `- model: {model}`"
+        for i, model in enumerate((host, donor))
+    ]
+    assert not (tmp_path / "out").exists()
