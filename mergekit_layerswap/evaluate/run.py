@@ -250,14 +250,13 @@ def prepare(
 
     if not models:
         problems.append("no model given")
-    if settings.backend == "vllm" and find_spec("vllm") is None:
+    vllm_missing = settings.backend == "vllm" and find_spec("vllm") is None
+    if vllm_missing:
         problems.append(
             "the vllm backend needs the vllm package, which is not installed: "
             "pip install 'mergekit-layerswap[vllm]' (Linux with a CUDA GPU)"
         )
-        versions = library_versions("hf")
-    else:
-        versions = library_versions(settings.backend)
+    versions = library_versions("hf" if vllm_missing else settings.backend)
     check(check_data_dir, settings.data_dir, settings.languages)
     identities = [check(resolve_model, model) for model in models]
     device = None if settings.backend == "vllm" else check(_resolve_device, settings)
