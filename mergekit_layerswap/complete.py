@@ -10,28 +10,19 @@ file's header parses and its data is all there, and, when a tokenizer is expecte
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
-INDEX = "model.safetensors.index.json"
+from mergekit_layerswap.checkpoint import INDEX, CheckpointError, read_header
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 def _header(path: Path) -> tuple[dict, str | None]:
-    """A safetensors file's header and why it is unusable (None when it is whole)."""
+    """A safetensors file's tensors and why it is unusable (None when it is whole)."""
     try:
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > size - 8:
-                return {}, f"{path.name}: header length {length} runs past the end of the file"
-            header = json.loads(handle.read(length))
-    except (OSError, struct.error, ValueError) as error:
-        return {}, f"{path.name}: unreadable safetensors header ({type(error).__name__})"
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + length + end > size:
-        return header, f"{path.name}: truncated (tensors end at byte {8 + length + end})"
-    return header, None
+        return read_header(str(path)), None
+    except CheckpointError as error:
+        return {}, str(error)
 
 
 def _weight_problems(folder: Path) -> list[str]:

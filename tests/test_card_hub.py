@@ -135,7 +135,7 @@ def broken_copies(merged: Path, root: Path) -> dict[str, tuple[Path, str]]:
     cases["truncated"] = (folder, "model.safetensors: truncated")
     folder = copy("bad-header")
     (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
-    cases["bad-header"] = (folder, "unreadable safetensors header")
+    cases["bad-header"] = (folder, "model.safetensors: not a readable safetensors file")
     folder = copy("no-tokenizer")
     (folder / "tokenizer.json").unlink()
     cases["no-tokenizer"] = (folder, "no tokenizer")
