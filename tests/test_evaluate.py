@@ -208,12 +208,18 @@ def test_tiny_llama_end_to_end(make_model, mgsm_hf_dir, tmp_path, capsys):
     assert again.models[1].identity.fingerprint == fingerprint_dir(model_b)
     assert f"| {model_b} | " in (out / "results.md").read_text()
 
-    # 3. Batch size 1 (fresh cache) generates exactly what batch size 64 did.
+    # 3. Batch size 1 (fresh cache) asks lm-eval the very same requests (prompts, stop
+    # sequences, generation length) as batch size 64; what comes back may differ where padded
+    # batches round a near-tie differently (a random bf16 model is all near-ties).
     out_b1 = tmp_path / "batch1"
     _eval(str(model_a), *common, "--output", str(out_b1), "--batch-size", "1", "--log-samples")
     for code in ("sw", "en"):
         name = f"{slug}/mgsm_native_cot_{code}.jsonl"
         batched = _read_samples(out / "samples" / name)
         single = _read_samples(out_b1 / "samples" / name)
-        assert [s["resps"] for s in single] == [s["resps"] for s in batched]
-    assert read_results(out_b1).models[0].languages == first.models[0].languages
+        assert [(s["doc_id"], s["filter"], s["arguments"]) for s in single] == [
+            (s["doc_id"], s["filter"], s["arguments"]) for s in batched
+        ]
+    # batch size is not part of the cache key: the same evaluation at batch 1 is cached
+    _eval(str(model_a), *common, "--output", str(out), "--batch-size", "1")
+    assert f"[1/1] {model_a}: all cached" in capsys.readouterr().out

@@ -10,8 +10,8 @@ from typing import Any
 from .tasks import LANGUAGES, MAX_FEWSHOT, MODES, EvalInputError, parse_languages
 
 BACKENDS = ("hf", "vllm")
-#: HF batch size when none is given: fastest of 16/32/64 on CPU; greedy outputs do not depend
-#: on it (tests/test_evaluate.py checks against batch size 1).
+#: HF batch size when none is given: fastest of 16/32/64 on CPU. The requests are the same at
+#: any batch size; padded batches may round a near-tied greedy token differently.
 DEFAULT_HF_BATCH_SIZE = 64
 #: lm-eval's own default generation length; shorter would cut chains of thought (and scores).
 DEFAULT_MAX_GEN_TOKS = 256
