@@ -162,11 +162,12 @@ def test_missing_data_folder_and_models_are_refused_before_the_first_merge(
     assert code == 2 and "cannot create or write this output folder" in text
 
 
-def test_a_second_run_on_the_same_output_folder_is_refused(aliases, tmp_path, capsys):
+def test_a_second_run_on_the_same_output_folder_is_refused(aliases, mgsm_hf_dir, tmp_path, capsys):
     """Class: two suites on one OUT_DIR at once (a lock naming the other run's pid)."""
     import os
 
-    raw = {"models": aliases, "evaluate_inputs": ["math"], "evaluation": {"languages": ["sw"]}}
+    raw = {"models": aliases, "evaluate_inputs": ["math"],
+           "evaluation": {"languages": ["sw"], "data_dir": str(mgsm_hf_dir)}}
     out = tmp_path / "out"
     with Store(out).lock():
         code, text = run_cli(tmp_path, raw, out, capsys)

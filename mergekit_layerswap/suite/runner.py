@@ -76,11 +76,10 @@ def preflight(entries: tuple[Entry, ...], settings: EvalSettings, out: Path) -> 
     SuiteError): the data folder, every input model, the output folder. Returns the input
     models' fingerprints."""
     problems, fingerprints = [], {}
-    if settings.data_dir is not None:
-        try:
-            check_data_dir(settings.data_dir, settings.languages)
-        except EvalInputError as error:
-            problems.append(f"evaluation.data_dir: {error}")
+    try:
+        check_data_dir(settings.data_dir, settings.languages)
+    except EvalInputError as error:
+        problems.append(f"evaluation.data_dir: {error}")
     for reference in sorted({ref for entry in entries for ref in _references(entry)}):
         try:
             fingerprints[reference] = _fingerprint(reference)
