@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from mergekit_layerswap.errors import first_line
+
 _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)\.")
 #: config.json fields that decide tensor shapes; a donor must match the host's.
 SHAPE_FIELDS = (
@@ -182,10 +184,9 @@ def model_folder(reference: str, patterns: tuple[str, ...] = ("config.json",)) -
 
         return Path(snapshot_download(path, revision=revision, allow_patterns=list(patterns)))
     except Exception as error:  # network, auth, missing repo: say which model
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(
             f"{reference}: not a local directory and could not be fetched from the "
-            f"Hugging Face Hub ({message})"
+            f"Hugging Face Hub ({first_line(error)})"
         ) from None
 
 
@@ -265,7 +266,7 @@ def read_header(path: str) -> dict[str, Stored]:
                 start, end = (base + int(offset) for offset in info["data_offsets"])
                 stored[name] = Stored(path, info["dtype"], tuple(info["shape"]), start, end)
     except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise CheckpointError(
             f"{path}: not a readable safetensors file ({reason}); {problem}"
         ) from None
@@ -323,10 +324,9 @@ def _hub_tensors(reference: str, repo: str, revision: str | None) -> dict[str, S
     except NotASafetensorsRepoError:
         return None
     except Exception as error:  # network, auth, missing repo: say which model
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(
             f"{reference}: cannot read its safetensors headers from the "
-            f"Hugging Face Hub ({message})"
+            f"Hugging Face Hub ({first_line(error)})"
         ) from None
     return {
         name: Stored(f"{repo}/{file}", info.dtype, tuple(info.shape), *info.data_offsets)

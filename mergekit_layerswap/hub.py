@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergekit_layerswap import complete
+from mergekit_layerswap.errors import first_line
 
 
 class PushError(ValueError):
@@ -96,7 +97,7 @@ def push(
             ignore_patterns=[".*", "*/.*"],
         )
     except (OSError, HTTPError) as error:  # no network, offline mode, token, Hub refusals
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = first_line(error)
         raise UploadError(
             f"could not upload to {api.endpoint} ({type(error).__name__}: {reason}); "
             "check the network, HF_HUB_OFFLINE and your token (hf auth login)"

@@ -51,3 +51,13 @@ def make_model(tmp_path_factory, tokenizer_dir):
         return cache[key]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def aliases(make_model) -> dict[str, str]:
+    """The three tiny 6-layer models of the suite tests: a base and two "experts"."""
+    return {
+        "base": str(make_model("llama", 6, seed=10)),
+        "math": str(make_model("llama", 6, seed=11)),
+        "swahili": str(make_model("llama", 6, seed=12)),
+    }

@@ -23,15 +23,6 @@ pytestmark = pytest.mark.slow
 MERGEKIT_YAML = Path(sys.executable).with_name("mergekit-yaml")
 
 
-@pytest.fixture(scope="module")
-def aliases(make_model) -> dict[str, str]:
-    return {
-        "base": str(make_model("llama", 6, seed=10)),
-        "math": str(make_model("llama", 6, seed=11)),
-        "swahili": str(make_model("llama", 6, seed=12)),
-    }
-
-
 def suite_raw(aliases, **changes) -> dict:
     raw = {
         "models": dict(aliases),

@@ -15,15 +15,6 @@ from mergekit_layerswap.suite.schema import SuiteError, load_suite, parse_suite
 from mergekit_layerswap.suite.store import OutsideError, Store
 
 
-@pytest.fixture(scope="module")
-def aliases(make_model) -> dict[str, str]:
-    return {
-        "base": str(make_model("llama", 6, seed=10)),
-        "math": str(make_model("llama", 6, seed=11)),
-        "swahili": str(make_model("llama", 6, seed=12)),
-    }
-
-
 def swap_merge(name: object) -> dict:
     return {
         "name": name,

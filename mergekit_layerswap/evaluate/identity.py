@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint import looks_local
+from ..errors import first_line
 from .online import HUB_OFFLINE, offline_switch, probe_failure
 from .tasks import EvalInputError
 
@@ -84,7 +85,7 @@ def _hub_commit(repo_id: str) -> str:
     try:
         config = hf_hub_download(repo_id, "config.json")
     except Exception as error:  # offline, unknown repo, gated, network: all the same to the user
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise EvalInputError(
             f"{repo_id!r} is neither a local model directory nor a reachable Hugging Face Hub "
             f"model ({reason})"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from functools import cache
 
+from ..errors import first_line
+
 #: Seconds the reachability probe waits for the Hub.
 PROBE_TIMEOUT = 3.0
 #: What makes huggingface_hub treat a variable as set (its `_is_true`).
@@ -39,6 +41,5 @@ def probe_failure() -> str | None:
     try:
         get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT)
     except Exception as error:  # DNS, refused, timeout, proxy, TLS: all "unreachable"
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return f"{constants.ENDPOINT}: {detail or type(error).__name__}"
+        return f"{constants.ENDPOINT}: {first_line(error)}"
     return None
