@@ -1,12 +1,14 @@
-"""MGSM scoring with lm-evaluation-harness's own `mgsm_*` tasks (`mergekit-layerswap eval`).
+"""Scoring with lm-evaluation-harness (`mergekit-layerswap eval`): its own `mgsm_*` tasks by
+default, or any lm-eval task or group (and local task folders).
 
 Importing this package is cheap; lm-eval and torch load when an evaluation runs.
 """
 
+from .columns import TaskSet, resolve
 from .identity import ModelIdentity, resolve_model
 from .results import EvalResults, LanguageResult, ModelResult, read_results, render_markdown
 from .run import evaluate_lm, evaluate_models
-from .settings import EvalSettings
+from .settings import EvalSettings, parse_tasks
 from .tasks import HEADLINE_FILTER, LANGUAGES, MODES, EvalInputError, parse_languages
 
 __all__ = [
@@ -19,10 +21,13 @@ __all__ = [
     "LanguageResult",
     "ModelIdentity",
     "ModelResult",
+    "TaskSet",
     "evaluate_lm",
     "evaluate_models",
     "parse_languages",
+    "parse_tasks",
     "read_results",
     "render_markdown",
+    "resolve",
     "resolve_model",
 ]

@@ -38,14 +38,22 @@ class ModelIdentity:
         return f"{Path(self.location).name}-{self.fingerprint[:10]}"
 
 
-def fingerprint_dir(directory: Path) -> str:
-    """sha256 over the directory's top-level files (hidden files and *.md excluded)."""
+def fingerprint_dir(directory: Path, *, recursive: bool = False) -> str:
+    """sha256 over the directory's top-level files (hidden files and *.md excluded); with
+    `recursive`, over every such file below it (named by relative path; hidden folders and
+    `__pycache__` skipped), as for a task folder whose YAMLs and data decide scores."""
     digest = hashlib.sha256()
-    for path in sorted(directory.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or path.suffix == ".md":
+    paths = directory.rglob("*") if recursive else directory.iterdir()
+    for path in sorted(paths):
+        parts = path.relative_to(directory).parts
+        if (
+            not path.is_file()
+            or any(part.startswith(".") or part == "__pycache__" for part in parts)
+            or path.suffix == ".md"
+        ):
             continue
         stat = path.stat()
-        digest.update(f"{path.name}\0{stat.st_size}\0".encode())
+        digest.update(f"{'/'.join(parts)}\0{stat.st_size}\0".encode())
         with path.open("rb") as handle:
             if stat.st_size <= _SMALL_FILE:
                 digest.update(handle.read())

@@ -1,4 +1,4 @@
-"""MGSM results: the data model, `results.json` (for programs) and `results.md` (for people).
+"""Scores: the data model, `results.json` (for programs) and `results.md` (for people).
 
 A later leaderboard or model card reads a run back with `read_results`.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 from .identity import ModelIdentity
 from .settings import EvalSettings
-from .tasks import HEADLINE_FILTER, OTHER_FILTER
+from .tasks import HEADLINE_FILTER
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -20,28 +20,37 @@ RESULTS_MD = "results.md"
 
 @dataclass(frozen=True)
 class LanguageResult:
-    """One model on one language: the headline (flexible-extract) and the task's other filter.
+    """One model on one column (an MGSM language or an lm-eval task): the headline score and
+    the same metric under the task's other filter.
 
-    A stderr is None where lm-eval gives none (a single sample).
+    `exact_match` holds the headline score, whose metric and filter are `metric` and `filter`:
+    `exact_match` with `flexible-extract` for MGSM (and any task that reports it), else the
+    task's first metric and filter. A stderr is None where lm-eval gives none (a single
+    sample); the other filter and its scores are None when the task has only one filter.
     """
 
     task: str
     n: int
     exact_match: float
     exact_match_stderr: float | None
-    other_filter: str
-    other_exact_match: float
+    other_filter: str | None
+    other_exact_match: float | None
     other_exact_match_stderr: float | None
+    metric: str = "exact_match"
+    filter: str = HEADLINE_FILTER
+    dataset: str | None = None  # the task's dataset_path (MGSM: the Hub dataset)
 
 
 @dataclass(frozen=True)
 class ModelResult:
+    """A model's scores; `languages` maps each column (language code or task name) to it."""
+
     identity: ModelIdentity
     languages: dict[str, LanguageResult]
 
     @property
     def average(self) -> float:
-        """Unweighted mean of the headline exact_match over the languages."""
+        """Unweighted mean of the headline score over the columns."""
         scores = [result.exact_match for result in self.languages.values()]
         return sum(scores) / len(scores)
 
@@ -52,10 +61,18 @@ class EvalResults:
     versions: dict[str, str]
     models: list[ModelResult]
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The languages (MGSM) or the tasks, in order."""
+        if self.settings.is_mgsm or not self.models:
+            return self.settings.languages
+        return tuple(self.models[0].languages)
+
     def to_json(self) -> dict[str, Any]:
+        mgsm = self.settings.is_mgsm
         return {
-            "benchmark": "MGSM",
-            "headline": f"exact_match ({HEADLINE_FILTER})",
+            "benchmark": "MGSM" if mgsm else "lm-eval tasks",
+            "headline": f"exact_match ({HEADLINE_FILTER})" if mgsm else "per column: metric,filter",
             "settings": self.settings.to_json(),
             "versions": self.versions,
             "models": [
@@ -100,9 +117,15 @@ def differences(
     results: EvalResults, settings: EvalSettings, versions: dict[str, str]
 ) -> list[str]:
     """What keeps `results` and a run with `settings` and `versions` out of one table: the
-    languages, the settings that change scores, the library versions (`name old -> new`)."""
-    before = {"languages": list(results.settings.languages), **results.settings.scoring_key()}
-    after = {"languages": list(settings.languages), **settings.scoring_key()}
+    languages or tasks (and their folder), the settings that change scores, the library
+    versions (`name old -> new`)."""
+
+    def columns(s: EvalSettings) -> dict[str, Any]:
+        return {"languages": list(s.languages), "tasks": list(s.tasks),
+                "include_path": str(s.include_path or "")}  # fmt: skip
+
+    before = {**columns(results.settings), **results.settings.scoring_key()}
+    after = {**columns(settings), **settings.scoring_key()}
     before["versions"], after["versions"] = results.versions, versions
     return [f"{key} {before[key]} -> {after[key]}" for key in after if before[key] != after[key]]
 
@@ -130,41 +153,64 @@ def combine(previous: EvalResults, new: EvalResults) -> EvalResults:
     return EvalResults(new.settings, new.versions, models)
 
 
-def _percent(value: float) -> str:
-    return f"{100 * value:.1f}"
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
 
 
 def _table(results: EvalResults, score: str) -> list[str]:
-    codes = results.settings.languages
+    columns = results.columns
     lines = [
-        "| Model | " + " | ".join(codes) + " | Avg |",
-        "|---|" + "---:|" * (len(codes) + 1),
+        "| Model | " + " | ".join(columns) + " | Avg |",
+        "|---|" + "---:|" * (len(columns) + 1),
     ]
     for model in results.models:
-        values = [getattr(model.languages[code], score) for code in codes]
-        cells = [_percent(v) for v in values] + [_percent(sum(values) / len(values))]
+        values = [getattr(model.languages[column], score) for column in columns]
+        known = [v for v in values if v is not None]
+        average = sum(known) / len(known) if len(known) == len(values) else None
+        cells = [_percent(v) for v in values] + [_percent(average)]
         lines.append(f"| {model.identity.model} | " + " | ".join(cells) + " |")
     return lines
 
 
+def _headings(results: EvalResults) -> tuple[str, str, list[str]]:
+    """The two tables' headings and, for tasks, a line naming each task's metric and filters."""
+    first = results.models[0].languages if results.models else {}
+    if results.settings.is_mgsm:
+        other = next((r.other_filter for r in first.values()), None)
+        return f"exact_match, `{HEADLINE_FILTER}` (headline, %)", f"exact_match, `{other}` (%)", []
+    scored = "; ".join(
+        f"{column}: {r.metric}, `{r.filter}`"
+        + (f" (other: `{r.other_filter}`)" if r.other_filter else "")
+        for column, r in first.items()
+    )
+    return "Headline (%)", "Other filter (%)", [f"Scores: {scored}.", ""]
+
+
 def render_markdown(results: EvalResults) -> str:
-    """Models × languages tables (accuracy in %), headline first."""
+    """Models × columns tables (scores in %), headline first, then the other filter."""
     s = results.settings
     n = sorted({r.n for m in results.models for r in m.languages.values()})
-    other = OTHER_FILTER[s.mode]
+    version = results.versions.get("lm_eval", "?")
+    if s.is_mgsm:
+        what = f"`mgsm_{s.mode}_*` tasks, {s.num_fewshot}-shot, greedy"
+        title, per = "MGSM", "language"
+    else:
+        shots = "each task's own shots" if s.num_fewshot is None else f"{s.num_fewshot}-shot"
+        title, what, per = "lm-eval", f"tasks {', '.join(s.tasks)}, {shots}", "task"
+    headline, other, scored = _headings(results)
     lines = [
-        "# MGSM results",
+        f"# {title} results",
         "",
-        f"lm-evaluation-harness {results.versions.get('lm_eval', '?')} `mgsm_{s.mode}_*` tasks, "
-        f"{s.num_fewshot}-shot, greedy, max {s.max_gen_toks} new tokens, backend `{s.backend}`; "
-        f"{'/'.join(map(str, n))} problems per language"
-        + (f" (`--limit {s.limit}`: not comparable to full MGSM)." if s.limit else "."),
+        f"lm-evaluation-harness {version} {what}, max {s.max_gen_toks} new tokens, "
+        f"backend `{s.backend}`; {'/'.join(map(str, n))} problems per {per}"
+        + (f" (`--limit {s.limit}`: not comparable to full {title})." if s.limit else "."),
         "",
-        f"## exact_match, `{HEADLINE_FILTER}` (headline, %)",
+        *scored,
+        f"## {headline}",
         "",
         *_table(results, "exact_match"),
         "",
-        f"## exact_match, `{other}` (%)",
+        f"## {other}",
         "",
         *_table(results, "other_exact_match"),
         "",

@@ -1,8 +1,9 @@
-"""Running MGSM through lm-evaluation-harness's Python API, with a result cache.
+"""Running MGSM or any lm-eval tasks through lm-evaluation-harness's Python API, cached.
 
-`evaluate_models` validates everything first (languages, backend, data, models, output), then
-scores each model with lm-eval's `simple_evaluate` on the official `mgsm_*` tasks, skipping
-the (model identity, settings, language) entries it has already computed.
+`evaluate_models` validates everything first (languages or tasks, backend, data, models,
+output), then scores each model with lm-eval's `simple_evaluate` on the official `mgsm_*`
+tasks or the named ones, skipping the (model identity, settings, column) entries it has
+already computed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .. import __version__
+from . import columns
+from .columns import TaskSet
 from .identity import ModelIdentity, resolve_model
 from .quiet import quiet
 from .results import (
@@ -36,19 +39,11 @@ from .results import (
     write_results,
 )
 from .settings import EvalSettings
-from .tasks import (
-    HEADLINE_FILTER,
-    OTHER_FILTER,
-    EvalInputError,
-    check_data_dir,
-    task_manager,
-    task_name,
-    write_task_group,
-)
+from .tasks import HUB_DATASET, EvalInputError, task_manager, task_name, write_task_group
 
 
 class LanguageRun(NamedTuple):
-    """A freshly scored language: its result and lm-eval's per-sample records."""
+    """A freshly scored column: its result and lm-eval's per-sample records."""
 
     result: LanguageResult
     samples: list[dict[str, Any]]
@@ -67,18 +62,24 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 class ResultCache:
-    """Per (model fingerprint, scoring settings, versions, language): the result and samples."""
+    """Per (model fingerprint, scoring settings, versions, column and, for a task, the name it
+    ran through and the include folder's files): the result and samples."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
     @staticmethod
     def key(
-        identity: ModelIdentity, settings: EvalSettings, language: str, versions: dict[str, str]
+        identity: ModelIdentity,
+        settings: EvalSettings,
+        task_set: TaskSet,
+        column: str,
+        versions: dict[str, str],
     ) -> dict[str, Any]:
         return {
             "model": identity.fingerprint,
-            "language": language,
+            "language": column,
+            **task_set.key(column),
             **settings.scoring_key(),
             "versions": versions,
         }
@@ -121,46 +122,65 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def language_result(output: dict[str, Any], mode: str, language: str) -> LanguageResult:
-    """Pick one task's scores out of `simple_evaluate`'s output."""
-    task = task_name(mode, language)
-    scores, other = output["results"][task], OTHER_FILTER[mode]
+def column_result(output: dict[str, Any], task: str, dataset: str | None) -> LanguageResult:
+    """Pick one task's headline and other-filter scores out of `simple_evaluate`'s output."""
+    scores = output["results"][task]
+    metric, chosen, other = columns.headline(output["configs"][task], scores)
     return LanguageResult(
         task=task,
         n=int(output["n-samples"][task]["effective"]),
-        exact_match=float(scores[f"exact_match,{HEADLINE_FILTER}"]),
-        exact_match_stderr=_number(scores.get(f"exact_match_stderr,{HEADLINE_FILTER}")),
+        exact_match=float(scores[f"{metric},{chosen}"]),
+        exact_match_stderr=_number(scores.get(f"{metric}_stderr,{chosen}")),
         other_filter=other,
-        other_exact_match=float(scores[f"exact_match,{other}"]),
-        other_exact_match_stderr=_number(scores.get(f"exact_match_stderr,{other}")),
+        other_exact_match=float(scores[f"{metric},{other}"]) if other else None,
+        other_exact_match_stderr=_number(scores.get(f"{metric}_stderr,{other}")),
+        metric=metric,
+        filter=chosen,
+        dataset=dataset,
     )
 
 
 def evaluate_lm(
-    lm: Any, settings: EvalSettings, languages: Sequence[str] | None = None
+    lm: Any,
+    settings: EvalSettings,
+    units: Sequence[str] | None = None,
+    *,
+    task_set: TaskSet | None = None,
 ) -> dict[str, LanguageRun]:
-    """Score an lm-eval `LM` on MGSM `languages` (default: the settings') in one lm-eval run."""
+    """Score an lm-eval `LM` in one lm-eval run; returns a run per column.
+
+    `units` (default: all of the settings') are MGSM language codes, or the task and group
+    names to run (a group gives a column per task). `task_set` is what `columns.resolve`
+    found for the settings (resolved here when not given).
+    """
     import lm_eval
 
-    languages = tuple(languages or settings.languages)
+    if task_set is None:
+        task_set = columns.mgsm_set(settings) if settings.is_mgsm else columns.resolve(settings)
+    units = tuple(units or task_set.units)
     with tempfile.TemporaryDirectory(prefix="mgsm-tasks-") as include_dir, quiet():
-        group = write_task_group(Path(include_dir), settings.mode, languages, settings.data_dir)
+        if settings.is_mgsm:
+            group = write_task_group(Path(include_dir), settings.mode, units, settings.data_dir)
+            requested, manager = [group], task_manager(Path(include_dir))
+        else:
+            requested, manager = list(units), columns.task_manager(settings, task_set)
         output = lm_eval.simple_evaluate(
             model=lm,
-            tasks=[group],
-            task_manager=task_manager(Path(include_dir)),
+            tasks=requested,
+            task_manager=manager,
             num_fewshot=settings.num_fewshot,
             limit=settings.limit,
             gen_kwargs={"max_gen_toks": settings.max_gen_toks},
             log_samples=True,
         )
-    return {
-        code: LanguageRun(
-            language_result(output, settings.mode, code),
-            output["samples"][task_name(settings.mode, code)],
-        )
-        for code in languages
-    }
+    runs = {}
+    for column in (column for unit in units for column in task_set.units[unit]):
+        if settings.is_mgsm:
+            task, dataset = task_name(settings.mode, column), HUB_DATASET
+        else:
+            task, dataset = column, output["configs"][column].get("dataset_path")
+        runs[column] = LanguageRun(column_result(output, task, dataset), output["samples"][task])
+    return runs
 
 
 def _resolve_device(settings: EvalSettings) -> str:
@@ -222,12 +242,13 @@ def _previous_results(
 
 class Prepared(NamedTuple):
     """What `prepare` found: the models' identities, the HF device, the library versions,
-    results already there."""
+    results already there, the columns."""
 
     identities: list[ModelIdentity]
     device: str | None
     versions: dict[str, str]
     previous: EvalResults | None
+    task_set: TaskSet
 
 
 def prepare(
@@ -257,7 +278,7 @@ def prepare(
             "pip install 'mergekit-layerswap[vllm]' (Linux with a CUDA GPU)"
         )
     versions = library_versions("hf" if vllm_missing else settings.backend)
-    check(check_data_dir, settings.data_dir, settings.languages)
+    task_set = check(columns.resolve, settings)
     identities = [check(resolve_model, model) for model in models]
     device = None if settings.backend == "vllm" else check(_resolve_device, settings)
     check(check_writable, output_dir, "output")
@@ -266,7 +287,7 @@ def prepare(
     previous = None if replace else check(_previous_results, output_dir, settings, versions)
     if problems:
         raise EvalInputError(*problems)
-    return Prepared(identities, device, versions, previous)
+    return Prepared(identities, device, versions, previous, task_set)
 
 
 def _free_memory() -> None:
@@ -277,13 +298,17 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _describe(code: str, result: LanguageResult, cached: bool) -> str:
+def _describe(column: str, result: LanguageResult, cached: bool) -> str:
     stderr = result.exact_match_stderr
     spread = f" ± {100 * stderr:.1f}" if stderr is not None else ""
+    other = (
+        f"; {result.other_filter} {100 * result.other_exact_match:.1f}%"
+        if result.other_exact_match is not None
+        else ""
+    )
     return (
-        f"  {code}: exact_match {100 * result.exact_match:.1f}%{spread} (n={result.n}; "
-        f"{result.other_filter} {100 * result.other_exact_match:.1f}%)"
-        + (" [cached]" if cached else "")
+        f"  {column}: {result.metric} {100 * result.exact_match:.1f}%{spread} (n={result.n}"
+        f"{other})" + (" [cached]" if cached else "")
     )
 
 
@@ -295,7 +320,8 @@ def evaluate_models(
     cache_dir: str | Path | None = None,
     replace: bool = False,
 ) -> EvalResults:
-    """Score `models` (local directories or Hub ids) on MGSM; write results into `output_dir`.
+    """Score `models` (local directories or Hub ids) on MGSM or the settings' lm-eval tasks;
+    write results into `output_dir`.
 
     Writes `results.json`, `results.md` and, with `settings.log_samples`, one JSONL file of
     lm-eval's per-sample records per model and task under `samples/`. Models already in
@@ -306,36 +332,45 @@ def evaluate_models(
     """
     output_dir = Path(output_dir)
     cache = ResultCache(Path(cache_dir) if cache_dir is not None else output_dir / "cache")
-    identities, device, versions, previous = prepare(
+    identities, device, versions, previous, task_set = prepare(
         models, settings, output_dir, cache.directory, replace=replace
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     cache.directory.mkdir(parents=True, exist_ok=True)
     model_results = []
     for index, identity in enumerate(identities, 1):
-        keys = {code: cache.key(identity, settings, code, versions) for code in settings.languages}
-        found = {code: cache.load(key) for code, key in keys.items()}
-        missing = [code for code, result in found.items() if result is None]
+        keys = {
+            column: cache.key(identity, settings, task_set, column, versions)
+            for column in task_set.columns
+        }
+        found = {column: cache.load(key) for column, key in keys.items()}
+        missing = [
+            unit
+            for unit, unit_columns in task_set.units.items()
+            if any(found[column] is None for column in unit_columns)
+        ]
+        shots = "task's shots" if settings.num_fewshot is None else f"{settings.num_fewshot}-shot"
         print(
             f"[{index}/{len(identities)}] {identity.model}: "
             + (f"evaluating {','.join(missing)} " if missing else "all cached ")
-            + f"({settings.mode}, {settings.num_fewshot}-shot"
+            + (f"({settings.mode}, {shots}" if settings.is_mgsm else f"({shots}")
             + (f", limit {settings.limit})" if settings.limit else ")"),
             flush=True,
         )
+        runs: dict[str, LanguageRun] = {}
         if missing:
             lm = load_lm(identity, settings, device)
-            runs = evaluate_lm(lm, settings, missing)
+            runs = evaluate_lm(lm, settings, missing, task_set=task_set)
             del lm
             _free_memory()
-            for code, run in runs.items():
-                cache.store(keys[code], run)
-                found[code] = run.result
-        for code, result in found.items():
-            print(_describe(code, result, cached=code not in missing), flush=True)
+            for column, run in runs.items():
+                cache.store(keys[column], run)
+                found[column] = run.result
+        for column, result in found.items():
+            print(_describe(column, result, cached=column not in runs), flush=True)
             if settings.log_samples:
                 path = output_dir / "samples" / identity.slug / f"{result.task}.jsonl"
-                cache.copy_samples(keys[code], path)
+                cache.copy_samples(keys[column], path)
         model_results.append(ModelResult(identity, found))
     results = EvalResults(settings, versions, model_results)
     write_results(combine(previous, results) if previous else results, output_dir)

@@ -1,13 +1,22 @@
-"""`EvalSettings`: everything that decides how MGSM is run, validated on construction."""
+"""`EvalSettings`: everything that decides how models are scored (MGSM, or any lm-eval tasks),
+validated on construction."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .tasks import LANGUAGES, MAX_FEWSHOT, MODES, EvalInputError, parse_languages
+
+
+def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """`"a,b"` or a sequence of lm-eval task or group names -> names, in order, no repeats."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    return tuple(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))
+
 
 BACKENDS = ("hf", "vllm")
 #: HF batch size when none is given: fastest of 16/32/64 on CPU. The requests are the same at
@@ -24,16 +33,20 @@ def _data_dir_from_env() -> Path | None:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How to score models on MGSM; the fields that change scores key the result cache.
+    """How to score models; the fields that change scores key the result cache.
 
-    `languages` also accepts `"all"` or `"sw,te"`; `batch_size=None` means 64 for `hf` and
+    MGSM unless `tasks` names lm-eval tasks or groups (`"a,b"` or a sequence), which are then
+    scored instead, found in `include_path` (a folder of task YAMLs), lm-eval's MGSM folder or
+    else all of lm-eval's tasks; `languages`, `mode` and `data_dir` are MGSM's only.
+    `languages=None` means all 11 (also `"all"` or `"sw,te"`); `num_fewshot=None` means 0 for
+    MGSM and each task's own setting otherwise; `batch_size=None` means 64 for `hf` and
     `"auto"` for `vllm`; `device=None` means CUDA when available; `data_dir=None` means the
     `MGSM_DATA_DIR` environment variable, or the Hub dataset when that is unset too.
     """
 
-    languages: tuple[str, ...] = LANGUAGES
+    languages: tuple[str, ...] | None = None
     mode: str = "native_cot"
-    num_fewshot: int = 0
+    num_fewshot: int | None = None
     limit: int | None = None
     batch_size: int | str | None = None
     max_gen_toks: int = DEFAULT_MAX_GEN_TOKS
@@ -41,16 +54,30 @@ class EvalSettings:
     device: str | None = None
     data_dir: Path | None = field(default_factory=_data_dir_from_env)
     log_samples: bool = False
+    tasks: tuple[str, ...] = ()
+    include_path: Path | None = None
 
     def __post_init__(self) -> None:
         def fix(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
 
-        fix("languages", parse_languages(self.languages))
+        fix("tasks", parse_tasks(self.tasks))
+        if self.tasks:
+            if self.languages:
+                raise EvalInputError("give languages (MGSM) or tasks, not both")
+            fix("languages", ())
+            fix("data_dir", None)  # MGSM's only (it may come from MGSM_DATA_DIR)
+            if self.num_fewshot is not None and self.num_fewshot < 0:
+                raise EvalInputError("num_fewshot must be at least 0")
+        else:
+            if self.include_path is not None:
+                raise EvalInputError("include_path needs tasks: name the tasks to score in it")
+            fix("languages", parse_languages(self.languages or LANGUAGES))
+            fix("num_fewshot", 0 if self.num_fewshot is None else self.num_fewshot)
+            if not 0 <= self.num_fewshot <= MAX_FEWSHOT:
+                raise EvalInputError(f"num_fewshot must be 0..{MAX_FEWSHOT} (MGSM has 8 exemplars)")
         if self.mode not in MODES:
             raise EvalInputError(f"unknown mode {self.mode!r}: choose from {', '.join(MODES)}")
-        if not 0 <= self.num_fewshot <= MAX_FEWSHOT:
-            raise EvalInputError(f"num_fewshot must be 0..{MAX_FEWSHOT} (MGSM has 8 exemplars)")
         if self.limit is not None and self.limit < 1:
             raise EvalInputError("limit must be at least 1")
         if self.max_gen_toks < 1:
@@ -69,11 +96,18 @@ class EvalSettings:
             self.device == "cpu" or self.device.split(":")[0] == "cuda"
         ):
             raise EvalInputError(f"unknown device {self.device!r}: choose cpu or cuda[:N]")
-        if self.data_dir is not None:
-            fix("data_dir", Path(self.data_dir).expanduser().resolve())
+        for name in ("data_dir", "include_path"):
+            if getattr(self, name) is not None:
+                fix(name, Path(getattr(self, name)).expanduser().resolve())
+
+    @property
+    def is_mgsm(self) -> bool:
+        """Whether MGSM is scored (no `tasks` named)."""
+        return not self.tasks
 
     def scoring_key(self) -> dict[str, Any]:
-        """The settings that can change a language's scores (batch size and device do not)."""
+        """The settings that can change a column's scores (batch size and device do not; which
+        task and task files a column comes from is keyed by `columns.TaskSet.key`)."""
         return {
             "mode": self.mode,
             "num_fewshot": self.num_fewshot,
@@ -83,12 +117,18 @@ class EvalSettings:
         }
 
     def to_json(self) -> dict[str, Any]:
+        """The settings as JSON (`tasks` and `include_path` only when tasks are named)."""
         data = asdict(self)
-        data["languages"] = list(self.languages)
-        data["data_dir"] = str(self.data_dir) if self.data_dir else None
+        data["languages"], data["tasks"] = list(self.languages), list(self.tasks)
+        for name in ("data_dir", "include_path"):
+            data[name] = str(data[name]) if data[name] else None
+        if not self.tasks:
+            del data["tasks"], data["include_path"]
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EvalSettings:
-        data_dir = data.get("data_dir")
-        return cls(**{**data, "data_dir": Path(data_dir) if data_dir else None})
+        data = dict(data)
+        if data.get("tasks"):
+            data["languages"] = None
+        return cls(**data)

@@ -21,12 +21,6 @@ HUB_DATASET = "juletxara/mgsm"
 MAX_FEWSHOT = 8
 #: The filter of the headline `exact_match`: the last number in the generation.
 HEADLINE_FILTER = "flexible-extract"
-#: Each family's other filter, reported beside the headline.
-OTHER_FILTER = {
-    "native_cot": "strict-match",
-    "en_cot": "strict-match",
-    "direct": "remove_whitespace",
-}
 #: Name of the generated group that selects (and, offline, re-points) the official tasks.
 GROUP = "mergekit_layerswap_mgsm"
 
@@ -118,14 +112,19 @@ def write_task_group(
     return GROUP
 
 
+def mgsm_configs() -> Path:
+    """lm-eval's own folder of MGSM task configs."""
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent / "mgsm"
+
+
 def task_manager(include_dir: Path):
     """An lm-eval TaskManager over lm-eval's own MGSM configs plus `include_dir`.
 
     Indexing only the MGSM folder (not all ~14k of lm-eval's task files) saves ~15 s per run;
     the task configs are the same files either way.
     """
-    import lm_eval.tasks
     from lm_eval.tasks import TaskManager
 
-    mgsm_configs = Path(lm_eval.tasks.__file__).parent / "mgsm"
-    return TaskManager(include_path=[str(mgsm_configs), str(include_dir)], include_defaults=False)
+    return TaskManager(include_path=[str(mgsm_configs()), str(include_dir)], include_defaults=False)
