@@ -193,17 +193,18 @@ def render_markdown(results: EvalResults) -> str:
     version = results.versions.get("lm_eval", "?")
     if s.is_mgsm:
         what = f"`mgsm_{s.mode}_*` tasks, {s.num_fewshot}-shot, greedy"
-        title, per = "MGSM", "language"
+        title, per, full = "MGSM", "language", "full MGSM"
     else:
         shots = "each task's own shots" if s.num_fewshot is None else f"{s.num_fewshot}-shot"
         title, what, per = "lm-eval", f"tasks {', '.join(s.tasks)}, {shots}", "task"
+        full = "full task scores"
     headline, other, scored = _headings(results)
     lines = [
         f"# {title} results",
         "",
         f"lm-evaluation-harness {version} {what}, max {s.max_gen_toks} new tokens, "
         f"backend `{s.backend}`; {'/'.join(map(str, n))} problems per {per}"
-        + (f" (`--limit {s.limit}`: not comparable to full {title})." if s.limit else "."),
+        + (f" (`--limit {s.limit}`: not comparable to {full})." if s.limit else "."),
         "",
         *scored,
         f"## {headline}",

@@ -349,7 +349,7 @@ def evaluate_models(
             for unit, unit_columns in task_set.units.items()
             if any(found[column] is None for column in unit_columns)
         ]
-        shots = "task's shots" if settings.num_fewshot is None else f"{settings.num_fewshot}-shot"
+        shots = f"{settings.num_fewshot}-shot" if settings.num_fewshot is not None else "own shots"
         print(
             f"[{index}/{len(identities)}] {identity.model}: "
             + (f"evaluating {','.join(missing)} " if missing else "all cached ")
