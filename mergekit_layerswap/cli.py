@@ -113,14 +113,22 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
-        "eval", help="score models on MGSM with lm-evaluation-harness's own mgsm_* tasks"
+        "eval", help="score models on MGSM (lm-eval's own mgsm_* tasks) or any lm-eval tasks"
     )
     ev.add_argument("models", nargs="+", metavar="MODEL", help="local model folder or Hub id")
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--languages", help='MGSM: comma-separated codes, e.g. "sw,te,bn,ja,en", or "all"'
+    )
+    what.add_argument("--tasks", help="instead of MGSM: comma-separated lm-eval tasks or groups")
     ev.add_argument(
-        "--languages", required=True, help='comma-separated codes, e.g. "sw,te,bn,ja,en", or "all"'
+        "--include-path", metavar="DIR", help="folder of lm-eval task YAMLs (with --tasks)"
     )
     ev.add_argument("--mode", default="native_cot", help="native_cot (default), direct or en_cot")
-    ev.add_argument("--num-fewshot", type=int, default=0, help="exemplars, 0-8 (default 0)")
+    ev.add_argument(
+        "--num-fewshot", type=int,
+        help="exemplars (MGSM: 0-8, default 0; tasks: default each task's own)",
+    )  # fmt: skip
     ev.add_argument("--limit", type=int, help="only the first N problems per language")
     ev.add_argument("--batch-size", help="N or auto (default: 64 for hf, auto for vllm)")
     ev.add_argument("--max-gen-toks", type=int, default=256, help="default 256 (lm-eval's)")
@@ -140,9 +148,12 @@ def _eval(args: argparse.Namespace) -> int:
     from mergekit_layerswap import evaluate
 
     batch_size = args.batch_size
+    if args.tasks and args.data_dir:
+        raise UsageError("--data-dir is MGSM's: with --tasks, the task YAMLs say where data is")
     try:
         settings = evaluate.EvalSettings(
-            languages=args.languages, mode=args.mode, num_fewshot=args.num_fewshot,
+            languages=args.languages, tasks=args.tasks or (), include_path=args.include_path,
+            mode=args.mode, num_fewshot=args.num_fewshot,
             limit=args.limit, max_gen_toks=args.max_gen_toks, backend=args.backend,
             batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
             device=args.device, log_samples=args.log_samples,
