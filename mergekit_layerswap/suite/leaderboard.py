@@ -1,18 +1,47 @@
-"""The leaderboard: rows of models, MGSM exact match per language and on average.
+"""The leaderboard: rows of models, the headline score per column (MGSM language or lm-eval
+task) and on average.
 
 Written as `leaderboard.md` (best per column in bold), `leaderboard.csv`,
-`leaderboard.json` (a list of rows) and `leaderboard.png` (grouped bars per language).
+`leaderboard.json` (a list of rows; the per-column scores under `exact_match`, the headline
+key of results files) and `leaderboard.png` (grouped bars per column).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 
+@dataclass(frozen=True)
+class Columns:
+    """The score columns (MGSM language codes, or lm-eval task names) and what they hold."""
+
+    names: list[str]
+    mgsm: bool = True
+
+    @property
+    def score(self) -> str:
+        """What a cell holds."""
+        if self.mgsm:
+            return "MGSM exact match (%)"
+        return "headline score (%)"
+
+    @property
+    def caption(self) -> str:
+        if self.mgsm:
+            return "MGSM exact match (%), lm-eval flexible-extract; best in bold."
+        return (
+            "lm-eval headline score (%) per task: exact_match with flexible-extract where the "
+            "task has it, else its first metric and filter (results/NAME.json names them); "
+            "best in bold."
+        )
+
+
 def rows(records: list[dict], languages: list[str]) -> list[dict]:
-    """Leaderboard rows from stored results, best average first."""
+    """Leaderboard rows from stored results (`languages`: the column names), best average
+    first."""
     table = []
     for record in records:
         scores = {code: record["languages"][code]["exact_match"] for code in languages}
@@ -34,10 +63,11 @@ def _best(table: list[dict], languages: list[str]) -> dict[str, float]:
     return best
 
 
-def markdown(table: list[dict], languages: list[str]) -> str:
+def markdown(table: list[dict], columns: Columns) -> str:
     """A Markdown table; the best score of each column is bold."""
     if not table:
         return "(no scored models)"
+    languages = columns.names
     best = _best(table, languages)
 
     def cell(value: float, column: str) -> str:
@@ -55,16 +85,17 @@ def markdown(table: list[dict], languages: list[str]) -> str:
             + " | ".join(scores)
             + f" | {cell(row['average'], 'average')} |"
         )
-    return "\n".join(lines) + "\n\nMGSM exact match (%), lm-eval flexible-extract; best in bold."
+    return "\n".join(lines) + f"\n\n{columns.caption}"
 
 
-def plot(table: list[dict], languages: list[str], path: Path) -> None:
-    """Grouped bars: one group per language (plus the average), one bar per model."""
+def plot(table: list[dict], board: Columns, path: Path) -> None:
+    """Grouped bars: one group per column (plus the average), one bar per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    languages = board.names
     columns = [*languages, "average"]
     width = 0.8 / max(len(table), 1)
     figure, axes = plt.subplots(figsize=(max(6, 1.2 * len(columns) * max(1, len(table) / 3)), 4))
@@ -78,18 +109,19 @@ def plot(table: list[dict], languages: list[str], path: Path) -> None:
     )
     axes.set_ylim(0, max(5.0, 1.15 * top))
     axes.set_xticks(range(len(columns)), columns)
-    axes.set_ylabel("MGSM exact match (%)")
-    axes.set_title("MGSM by language")
+    axes.set_ylabel(board.score)
+    axes.set_title("MGSM by language" if board.mgsm else "lm-eval tasks")
     axes.legend(fontsize="small", ncols=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-def write(table: list[dict], languages: list[str], out_dir: Path) -> None:
+def write(table: list[dict], columns: Columns, out_dir: Path) -> None:
     """Write leaderboard.md, .csv, .json and .png into `out_dir`."""
+    languages = columns.names
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "leaderboard.md").write_text(markdown(table, languages) + "\n")
+    (out_dir / "leaderboard.md").write_text(markdown(table, columns) + "\n")
     (out_dir / "leaderboard.json").write_text(json.dumps(table, indent=2))
     with (out_dir / "leaderboard.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -101,4 +133,4 @@ def write(table: list[dict], languages: list[str], out_dir: Path) -> None:
                 + [f"{row['average']:.6f}"]
             )
     if table:
-        plot(table, languages, out_dir / "leaderboard.png")
+        plot(table, columns, out_dir / "leaderboard.png")

@@ -1,4 +1,5 @@
-"""Run a suite: build every merge, score every model on MGSM, write the leaderboard.
+"""Run a suite: build every merge, score every model (MGSM or lm-eval tasks), write the
+leaderboard.
 
 Each entry is two steps, merge (merges and sweep variants only) and eval; each step is
 skipped when its key says it already finished (see `store`). `--dry-run` prints the plan.
@@ -12,9 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mergekit_layerswap import card, checkpoint, hub, merge, validate
+from mergekit_layerswap.evaluate import columns
+from mergekit_layerswap.evaluate.columns import TaskSet
 from mergekit_layerswap.evaluate.identity import fingerprint_dir, resolve_model
 from mergekit_layerswap.evaluate.settings import EvalSettings
-from mergekit_layerswap.evaluate.tasks import EvalInputError, check_data_dir
+from mergekit_layerswap.evaluate.tasks import EvalInputError
 from mergekit_layerswap.suite import leaderboard
 from mergekit_layerswap.suite.schema import Entry, Suite, SuiteError
 from mergekit_layerswap.suite.store import Store, digest, read_json, write_json
@@ -71,15 +74,18 @@ def entry_key(entry: Entry, versions: dict[str, str], fingerprints: dict[str, st
     return digest("merge", entry.config, entry.random_seed, inputs, versions)
 
 
-def preflight(entries: tuple[Entry, ...], settings: EvalSettings, out: Path) -> dict[str, str]:
+def preflight(
+    entries: tuple[Entry, ...], settings: EvalSettings, out: Path
+) -> tuple[dict[str, str], TaskSet]:
     """Check everything a run needs before its first merge, every problem at once (a
-    SuiteError): the data folder, every input model, the output folder. Returns the input
-    models' fingerprints."""
-    problems, fingerprints = [], {}
+    SuiteError): the MGSM data folder or the tasks, every input model, the output folder.
+    Returns the input models' fingerprints and the evaluation's columns."""
+    problems, fingerprints, task_set = [], {}, None
     try:
-        check_data_dir(settings.data_dir, settings.languages)
+        task_set = columns.resolve(settings)
     except EvalInputError as error:
-        problems.append(f"evaluation.data_dir: {error}")
+        where = "evaluation.data_dir" if settings.is_mgsm else "evaluation"
+        problems += [f"{where}: {problem}" for problem in error.problems]
     for reference in sorted({ref for entry in entries for ref in _references(entry)}):
         try:
             fingerprints[reference] = _fingerprint(reference)
@@ -91,17 +97,24 @@ def preflight(entries: tuple[Entry, ...], settings: EvalSettings, out: Path) -> 
             f"{out}: cannot create or write this output folder ({existing} is not a writable "
             "folder); choose another OUT_DIR"
         )
-    if problems:
+    if problems or task_set is None:
         raise SuiteError(problems)
-    return fingerprints
+    return fingerprints, task_set
 
 
 def plan(
-    store: Store, settings: EvalSettings, entries, fingerprints: dict[str, str], force: bool
+    store: Store,
+    settings: EvalSettings,
+    task_set: TaskSet,
+    entries: tuple[Entry, ...],
+    fingerprints: dict[str, str],
+    force: bool,
 ) -> list[Step]:
     """Decide, from keys alone, which merges and evaluations must run."""
     versions = _versions()
     score_settings = {k: v for k, v in asdict(settings).items() if k not in _NOT_IN_KEY}
+    if task_set.include_digest is not None:  # the task files decide scores too
+        score_settings["include_files"] = task_set.include_digest
     steps = []
     for entry in entries:
         key = entry_key(entry, versions, fingerprints)
@@ -167,18 +180,25 @@ def run_suite(
     store = Store(Path(out_dir))
     settings = suite.evaluation.settings(limit=limit, data_dir=data_dir)
     entries = suite.select(only)
-    fingerprints = preflight(entries, settings, store.root)
+    fingerprints, task_set = preflight(entries, settings, store.root)
     for dropped, kept in suite.duplicates.items():
         print(f"{dropped}: the same configuration as {kept}, scored once", flush=True)
     if dry_run:
-        print("\n".join(describe(plan(store, settings, entries, fingerprints, force))))
+        print("\n".join(describe(plan(store, settings, task_set, entries, fingerprints, force))))
         return []
     with store.lock():
-        steps = plan(store, settings, entries, fingerprints, force)
-        return _run(suite, store, settings, steps, cuda)
+        steps = plan(store, settings, task_set, entries, fingerprints, force)
+        return _run(suite, store, settings, task_set, steps, cuda)
 
 
-def _run(suite: Suite, store: Store, settings: EvalSettings, steps: list[Step], cuda: bool):
+def _run(
+    suite: Suite,
+    store: Store,
+    settings: EvalSettings,
+    task_set: TaskSet,
+    steps: list[Step],
+    cuda: bool,
+) -> list[dict]:
     """Merge, score, publish and rank the planned steps (the output folder is locked)."""
     from mergekit_layerswap.evaluate.run import evaluate_models
 
@@ -203,7 +223,7 @@ def _run(suite: Suite, store: Store, settings: EvalSettings, steps: list[Step], 
         if entry.in_memory:
             print(f"eval {index}/{len(evals)} {entry.name} (built in memory)", flush=True)
             host, donor = (m["model"] for m in entry.config["models"])
-            sweep = sweep or InMemorySweep(host, donor, settings)
+            sweep = sweep or InMemorySweep(host, donor, settings, task_set)
             runs = sweep.score(entry.config)
             scores = {code: asdict(run.result) for code, run in runs.items()}
             store.write_result(step.key, step.eval_key, {**record, "languages": scores})
@@ -223,7 +243,8 @@ def _run(suite: Suite, store: Store, settings: EvalSettings, steps: list[Step], 
         if step.entry.name in pushed:
             _publish(store, step, suite)
     records = [store.result(s.entry.name, s.key, s.eval_key) for s in steps]
-    rows = leaderboard.rows([r for r in records if r], list(settings.languages))
-    leaderboard.write(rows, list(settings.languages), store.root)
-    print(leaderboard.markdown(rows, list(settings.languages)))
+    board = leaderboard.Columns(list(task_set.columns), mgsm=settings.is_mgsm)
+    rows = leaderboard.rows([r for r in records if r], board.names)
+    leaderboard.write(rows, board, store.root)
+    print(leaderboard.markdown(rows, board))
     return rows

@@ -67,11 +67,14 @@ class Sweep(_Strict):
 
 
 class Evaluation(_Strict):
-    """MGSM settings for every model of the suite (see `mergekit-layerswap eval`)."""
+    """Evaluation settings for every model of the suite (see `mergekit-layerswap eval`): MGSM
+    `languages` (default sw, en), or lm-eval `tasks` found in `include_path`."""
 
-    languages: list[str] | str = Field(default_factory=lambda: ["sw", "en"])
+    languages: list[str] | str | None = None
+    tasks: list[str] | str | None = None
+    include_path: str | None = None
     mode: Literal["native_cot", "direct", "en_cot"] = "native_cot"
-    num_fewshot: NonNegativeInt = 0
+    num_fewshot: NonNegativeInt | None = None
     limit: int | None = None
     batch_size: int | str | None = None
     max_gen_toks: int | None = None
@@ -84,10 +87,13 @@ class Evaluation(_Strict):
         values = self.model_dump(exclude_none=True)
         if limit is not None:
             values["limit"] = limit
-        if data_dir is not None:
-            values["data_dir"] = data_dir
-        if "data_dir" in values:
-            values["data_dir"] = Path(values["data_dir"])
+        if not values.get("tasks"):
+            values.setdefault("languages", ["sw", "en"])
+            if data_dir is not None:
+                values["data_dir"] = data_dir
+        for name in ("data_dir", "include_path"):
+            if name in values:
+                values[name] = Path(values[name])
         return EvalSettings(**values)
 
 
@@ -373,8 +379,8 @@ def _push_problems(push: Push | None, merged: set[str]) -> list[str]:
 def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
     """Validate a loaded suite file; SuiteError lists every problem.
 
-    Relative model paths and `evaluation.data_dir` are taken from `base_dir` (the suite
-    file's folder; default: the current folder).
+    Relative model paths, `evaluation.data_dir` and `evaluation.include_path` are taken from
+    `base_dir` (the suite file's folder; default: the current folder).
     """
     if not isinstance(raw, dict):
         raise SuiteError(["the suite file must be a mapping with models, merges, evaluation"])
@@ -410,9 +416,9 @@ def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
         entries += variants
     problems += _name_problems(entries, spec.models)
     evaluation = spec.evaluation
-    if evaluation.data_dir is not None:
-        data_dir = str(base / Path(evaluation.data_dir).expanduser())
-        evaluation = evaluation.model_copy(update={"data_dir": data_dir})
+    folders = {"data_dir": evaluation.data_dir, "include_path": evaluation.include_path}
+    found = {name: str(base / Path(value).expanduser()) for name, value in folders.items() if value}
+    evaluation = evaluation.model_copy(update=found)
     try:
         evaluation.settings()
     except EvalInputError as error:

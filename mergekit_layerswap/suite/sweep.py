@@ -13,19 +13,23 @@ from __future__ import annotations
 from typing import Any
 
 from mergekit_layerswap import checkpoint, validate
+from mergekit_layerswap.evaluate.columns import TaskSet
 from mergekit_layerswap.evaluate.quiet import quiet
 from mergekit_layerswap.evaluate.run import LanguageRun, evaluate_lm
 from mergekit_layerswap.evaluate.settings import EvalSettings
 
 
 class InMemorySweep:
-    """Loads a host and a donor once; `score(config)` builds and scores one variant."""
+    """Loads a host and a donor once; `score(config)` builds and scores one variant (on the
+    settings' columns: `task_set` as `columns.resolve` found them, else resolved per score)."""
 
-    def __init__(self, host: str, donor: str, settings: EvalSettings):
+    def __init__(
+        self, host: str, donor: str, settings: EvalSettings, task_set: TaskSet | None = None
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.host, self.donor, self.settings = host, donor, settings
+        self.host, self.donor, self.settings, self.task_set = host, donor, settings, task_set
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
         def load(reference: str):
@@ -72,7 +76,7 @@ class InMemorySweep:
         return self.model
 
     def score(self, config: dict) -> dict[str, LanguageRun]:
-        """Build the variant and score it on the settings' languages."""
+        """Build the variant and score it on the settings' columns."""
         from lm_eval.models.huggingface import HFLM
 
         with quiet():
@@ -80,4 +84,4 @@ class InMemorySweep:
                 pretrained=self.build(config), tokenizer=self.tokenizer,
                 batch_size=self.settings.batch_size,
             )  # fmt: skip
-        return evaluate_lm(lm, self.settings)
+        return evaluate_lm(lm, self.settings, task_set=self.task_set)
