@@ -1,21 +1,23 @@
 """Model cards for layer_swap merges: what was swapped, where it came from, how it scored.
 
 The front matter is built with huggingface_hub's own `ModelCardData`/`EvalResult`, so the
-Hub's parser accepts it (`model-index` carries the MGSM scores when the model was scored).
-The body holds a compact layer map, the sources of the embeddings and head, the exact
-mergekit config, the MGSM table, how to reproduce it, and the paper's citation.
+Hub's parser accepts it (`model-index` carries the scores, MGSM or lm-eval tasks, when the
+model was scored). The body holds a compact layer map, the sources of the embeddings and
+head, the exact mergekit config, the scores table, how to reproduce it, and the citations.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from mergekit_layerswap import checkpoint, swap, validate
 from mergekit_layerswap.evaluate.identity import fingerprint_dir
-from mergekit_layerswap.evaluate.results import EvalResults, ModelResult
-from mergekit_layerswap.evaluate.tasks import HEADLINE_FILTER
+from mergekit_layerswap.evaluate.results import EvalResults, LanguageResult, ModelResult
+from mergekit_layerswap.evaluate.settings import EvalSettings
+from mergekit_layerswap.evaluate.tasks import HEADLINE_FILTER, HUB_DATASET
 from mergekit_layerswap.merge import CARD_FILE, CONFIG_FILE
 from mergekit_layerswap.plan import compile_slices
 
@@ -81,73 +83,92 @@ def _model_result(results: EvalResults | None, model_dir: Path | None) -> ModelR
 
 
 def _partial(settings) -> str:
-    """How a `--limit` evaluation is marked: it is not comparable to full MGSM."""
-    return f"partial: first {settings.limit} problems per language" if settings.limit else ""
+    """How a `--limit` evaluation is marked: it is not comparable to a full one."""
+    per = "language" if settings.is_mgsm else "task"
+    return f"partial: first {settings.limit} problems per {per}" if settings.limit else ""
+
+
+def _eval_result(results: EvalResults, column: str, result: LanguageResult) -> Any:
+    """One model-index entry: an MGSM language, or an lm-eval task (named as the dataset)."""
+    from huggingface_hub import EvalResult
+
+    settings = results.settings
+    shots = "task's shots" if settings.num_fewshot is None else f"{settings.num_fewshot}-shot"
+    setup = ", ".join([settings.mode] * settings.is_mgsm + [shots])
+    setup = "; ".join(filter(None, [setup, _partial(settings)]))
+    if settings.is_mgsm:
+        names = ("Multilingual grade-school math", HUB_DATASET, f"MGSM ({column})", column)
+    else:
+        names = (column, result.dataset or column, column, None)
+    task_name, dataset_type, dataset_name, dataset_config = names
+    return EvalResult(
+        task_type="text-generation",
+        task_name=task_name,
+        dataset_type=dataset_type,
+        dataset_name=dataset_name,
+        dataset_config=dataset_config,
+        dataset_split=f"test[:{settings.limit}]" if settings.limit else "test",
+        metric_type=result.metric,
+        metric_value=result.exact_match,  # a fraction, as in results.json
+        metric_name=f"{result.metric} ({result.filter}, {setup})",
+        source_name=f"lm-evaluation-harness {results.versions.get('lm_eval', '')}".strip(),
+        source_url="https://github.com/EleutherAI/lm-evaluation-harness",
+    )
 
 
 def _front_matter(name: str, raw: dict, results: EvalResults | None, scored: ModelResult | None):
-    from huggingface_hub import EvalResult, ModelCardData
+    from huggingface_hub import ModelCardData
 
     references = [validate.reference(e.get("model")) for e in raw.get("models", [])]
     eval_results = None
     if scored is not None:
-        settings = results.settings
-        setup = "; ".join(
-            filter(None, [f"{settings.mode}, {settings.num_fewshot}-shot", _partial(settings)])
-        )
-        eval_results = [
-            EvalResult(
-                task_type="text-generation",
-                task_name="Multilingual grade-school math",
-                dataset_type="juletxara/mgsm",
-                dataset_name=f"MGSM ({code})",
-                dataset_config=code,
-                dataset_split=f"test[:{settings.limit}]" if settings.limit else "test",
-                metric_type="exact_match",
-                metric_value=result.exact_match,  # a fraction, as in results.json
-                metric_name=f"exact_match ({HEADLINE_FILTER}, {setup})",
-                source_name=f"lm-evaluation-harness {results.versions.get('lm_eval', '')}".strip(),
-                source_url="https://github.com/EleutherAI/lm-evaluation-harness",
-            )
-            for code, result in scored.languages.items()
-        ]
+        eval_results = [_eval_result(results, c, r) for c, r in scored.languages.items()]
+    mgsm = scored is not None and results.settings.is_mgsm
     return ModelCardData(
         model_name=name,
         base_model=_hub_ids([r for r in references if r]) or None,
         library_name="transformers",
         tags=["merge", "mergekit", "layer-swap"],
-        language=list(scored.languages) if scored is not None else None,
+        language=list(scored.languages) if mgsm else None,
         eval_results=eval_results,
     )
 
 
 def _scores_section(results: EvalResults, scored: ModelResult) -> list[str]:
     settings = results.settings
-    lines = [
-        "## MGSM",
-        "",
-        f"lm-evaluation-harness {results.versions.get('lm_eval', '?')}, tasks "
-        f"`mgsm_{settings.mode}_*`, {settings.num_fewshot}-shot"
-        + f"; exact match with the `{HEADLINE_FILTER}` filter (%).",
-        "",
-        *(
-            [
-                f"**Partial evaluation** ({_partial(settings)}, `--limit {settings.limit}`): "
-                "not comparable to full MGSM (250 problems per language).",
-                "",
-            ]
-            if settings.limit
-            else []
-        ),
-        "| language | exact match | ± stderr | n |",
-        "|---|---:|---:|---:|",
-    ]
+    version = results.versions.get("lm_eval", "?")
+    if settings.is_mgsm:
+        title, full = "MGSM", "full MGSM (250 problems per language)"
+        about = (
+            f"lm-evaluation-harness {version}, tasks `mgsm_{settings.mode}_*`, "
+            f"{settings.num_fewshot}-shot; exact match with the `{HEADLINE_FILTER}` filter (%)."
+        )
+        header = "| language | exact match | ± stderr | n |"
+    else:
+        title, full = "Scores", "the full tasks"
+        about = (
+            f"lm-evaluation-harness {version}, tasks {', '.join(settings.tasks)}; the headline "
+            "metric of each task with its filter (%)."
+        )
+        header = "| task | metric (filter) | score | ± stderr | n |"
+    lines = [f"## {title}", "", about, ""]
+    if settings.limit:
+        lines += [
+            f"**Partial evaluation** ({_partial(settings)}, `--limit {settings.limit}`): "
+            f"not comparable to {full}.",
+            "",
+        ]
+    lines += [header, "|---|" + "---:|" * (header.count("|") - 2)]
+    rows = []
     for code, result in scored.languages.items():
         stderr = (
             "–" if result.exact_match_stderr is None else f"{100 * result.exact_match_stderr:.1f}"
         )
-        lines.append(f"| {code} | {100 * result.exact_match:.1f} | {stderr} | {result.n} |")
-    lines.append(f"| **average** | **{100 * scored.average:.1f}** | | |")
+        metric = [] if settings.is_mgsm else [f"{result.metric} ({result.filter})"]
+        rows.append([code, *metric, f"{100 * result.exact_match:.1f}", stderr, str(result.n)])
+    no_metric = [] if settings.is_mgsm else [""]
+    rows.append(["**average**", *no_metric, f"**{100 * scored.average:.1f}**", "", ""])
+    lines += [("| " + " | ".join(cells) + " |").replace("  ", " ") for cells in rows]
     return [*lines, ""]
 
 
@@ -202,15 +223,24 @@ def render(
         command,
     ]
     if scored is not None:
-        s = results.settings
-        body.append(
-            f"mergekit-layerswap eval OUT --languages {','.join(scored.languages)} "
-            f"--mode {s.mode} --num-fewshot {s.num_fewshot}"
-            + (f" --limit {s.limit}" if s.limit else "")
-            + " --output results/"
-        )
-    body += ["```", "", "## Citation", "", "```bibtex", CITATION, "```", "", MGSM_CITATION, ""]
+        body.append(_eval_command(results.settings))
+    mgsm = scored is None or results.settings.is_mgsm
+    body += ["```", "", "## Citation", "", "```bibtex", CITATION, "```", ""]
+    body += [MGSM_CITATION, ""] if mgsm else []
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
+
+
+def _eval_command(s: EvalSettings) -> str:
+    """The `eval` command that reproduces the scores."""
+    if s.is_mgsm:
+        what = f"--languages {','.join(s.languages)} --mode {s.mode} --num-fewshot {s.num_fewshot}"
+    else:
+        what = f"--tasks {','.join(s.tasks)}" + (
+            f" --include-path {s.include_path}" if s.include_path else ""
+        )
+        what += f" --num-fewshot {s.num_fewshot}" if s.num_fewshot is not None else ""
+    limit = f" --limit {s.limit}" if s.limit else ""
+    return f"mergekit-layerswap eval OUT {what}{limit} --output results/"
 
 
 def read_config(model_dir: Path) -> tuple[dict, str]:
