@@ -99,7 +99,9 @@ def _eval_result(results: EvalResults, column: str, result: LanguageResult) -> A
     if settings.is_mgsm:
         names = ("Multilingual grade-school math", HUB_DATASET, f"MGSM ({column})", column)
     else:
-        names = (column, result.dataset or column, column, None)
+        # the config names the task too: the Hub groups model-index entries by dataset type
+        # and config, and local tasks often share a type (`json`)
+        names = (column, result.dataset or column, column, column)
     task_name, dataset_type, dataset_name, dataset_config = names
     return EvalResult(
         task_type="text-generation",
