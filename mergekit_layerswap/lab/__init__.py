@@ -1,0 +1,1 @@
+"""The lab: layer swapping's experiment in miniature (two languages, a base, two experts)."""

@@ -1,0 +1,280 @@
+"""`mergekit-layerswap lab`: the paper's experiment in miniature, every stage with our commands.
+
+Per seed: a word-level tokenizer; a base pretrained from scratch on both languages (English
+high-resource, the target low-resource, some translation pairs, bare arithmetic); a math
+expert (English word problems with step-by-step answers) and a language expert (generic
+target-language text, no arithmetic) fine-tuned from it; `analyze` of both experts against
+the base, whose suggested `layer_swap` is the lab's designated swap; a suite (the swap, a
+small sweep, soup, task arithmetic, TIES, DARE-TIES, the base and both experts) scored with
+lm-eval on the lab's own tasks (`tasks.py`). Then `report` aggregates the seeds.
+
+Every stage is resumable: a model folder appears under its name only when complete, with the
+settings that made it (`lab-stage.json`); a rerun with the same settings reuses it, and the
+suite reuses its finished merges and scores.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from mergekit_layerswap.lab import language, tasks, train
+
+STAGE_FILE = "lab-stage.json"
+#: Steps per size: (base, each expert).
+STEPS = {"tiny": (500, 200), "small": (1500, 400)}
+
+
+class LabSettings(BaseModel):
+    """Everything that decides the lab's numbers (and its resume keys)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seeds: PositiveInt = 3
+    language: Literal["sw"] = "sw"
+    size: Literal["tiny", "small"] = "tiny"
+    device: Literal["cpu", "cuda"] = "cpu"
+    n_test: PositiveInt = 60  # problems per task
+    test_seed: int = 1000
+    base_steps: PositiveInt | None = None  # default: STEPS[size]
+    expert_steps: PositiveInt | None = None
+    base_lr: float = 3e-3
+    expert_lr: float = 1e-3
+    #: The base's mixture: share of each kind of text (English generic, target generic,
+    #: translation pairs, English reading, target reading, bare arithmetic).
+    mixture: dict[str, float] = Field(default_factory=lambda: {
+        "generic_en": 0.30, "generic_target": 0.08, "parallel": 0.12,
+        "reading_en": 0.15, "reading_target": 0.05, "arithmetic": 0.30})  # fmt: skip
+    max_gen_toks: PositiveInt = 48
+
+    def steps(self) -> tuple[int, int]:
+        base, expert = STEPS[self.size]
+        return self.base_steps or base, self.expert_steps or expert
+
+
+def _samplers(settings: LabSettings, excluded: frozenset[tuple]):
+    """(base, math expert, language expert) samplers of (prompt, completion) pairs."""
+    target = settings.language
+    kinds = list(settings.mixture)
+    weights = [settings.mixture[k] for k in kinds]
+    text = {
+        "generic_en": lambda rng: language.generic(rng, "en"),
+        "generic_target": lambda rng: language.generic(rng, target),
+        "parallel": language.parallel,
+        "reading_en": lambda rng: language.reading(rng, "en"),
+        "reading_target": lambda rng: language.reading(rng, target),
+        "arithmetic": language.fact,
+    }
+
+    def base(rng: random.Random) -> tuple[str, str]:
+        return "", text[rng.choices(kinds, weights)[0]](rng)
+
+    def math(rng: random.Random) -> tuple[str, str]:
+        item = language.problem(rng, "en")
+        while item.key in excluded:
+            item = language.problem(rng, "en")
+        question, answer, _ = language.PROMPT["en"]
+        return f"{question} {item.question}", f"{answer} {item.answer}"
+
+    def lang(rng: random.Random) -> tuple[str, str]:
+        if rng.random() < 0.6:
+            return "", language.generic(rng, target)
+        item = language.reading_item(rng, target)
+        while item.key in excluded:
+            item = language.reading_item(rng, target)
+        return "", language.as_text(item)
+
+    return base, math, lang
+
+
+def _stage_key(settings: LabSettings, seed: int, stage: str) -> dict:
+    return {"stage": stage, "seed": seed, "settings": settings.model_dump()}
+
+
+def _done(folder: Path, key: dict) -> bool:
+    try:
+        return json.loads((folder / STAGE_FILE).read_text()) == key
+    except (OSError, ValueError):
+        return False
+
+
+def _publish(partial: Path, folder: Path, key: dict) -> Path:
+    """Mark a finished stage folder and move it under its final name."""
+    (partial / STAGE_FILE).write_text(json.dumps(key, sort_keys=True))
+    if folder.exists():
+        shutil.rmtree(folder)  # an earlier run's stage with other settings (inside OUT_DIR)
+    os.replace(partial, folder)
+    return folder
+
+
+def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) -> dict[str, Path]:
+    """The seed's base and two experts (reused when already trained with these settings)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    names = ("base", "math", "lang")
+    paths = {name: folder / name for name in names}
+    keys = {name: _stage_key(settings, seed, name) for name in names}
+    if all(_done(paths[n], keys[n]) for n in names):
+        return paths
+    torch.manual_seed(seed)
+    base_sampler, math_sampler, lang_sampler = _samplers(settings, excluded)
+    base_steps, expert_steps = settings.steps()
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = {n: folder / f".{n}.partial-{os.getpid()}" for n in names}
+    tokenizer = train.build_tokenizer(partial["base"])
+    device = settings.device
+    if _done(paths["base"], keys["base"]):
+        base = AutoModelForCausalLM.from_pretrained(paths["base"], dtype=torch.float32)
+        shutil.rmtree(partial["base"])
+    else:
+        base = train.new_model(settings.size, len(tokenizer), seed).to(device)
+        schedule = train.Schedule(base_steps, settings.base_lr)
+        train.train(base, tokenizer, base_sampler, schedule, seed=seed,
+                    progress=log(f"seed {seed}: pretraining the base", base_steps))  # fmt: skip
+        train.save(base.cpu(), tokenizer, partial["base"])
+        _publish(partial["base"], paths["base"], keys["base"])
+    experts = (("math", math_sampler, "math expert (English word problems)"),
+               ("lang", lang_sampler, f"language expert ({settings.language} text)"))  # fmt: skip
+    for offset, (name, sampler, what) in enumerate(experts, 1):
+        if _done(paths[name], keys[name]):
+            continue
+        model = copy.deepcopy(base).to(device)
+        schedule = train.Schedule(expert_steps, settings.expert_lr)
+        train.train(model, tokenizer, sampler, schedule, seed=seed + offset,
+                    progress=log(f"seed {seed}: fine-tuning the {what}", expert_steps))  # fmt: skip
+        train.save(model.cpu(), tokenizer, partial[name])
+        _publish(partial[name], paths[name], keys[name])
+    return paths
+
+
+def suite_config(
+    settings: LabSettings, models: dict[str, Path], swap: dict, task_folder: Path
+) -> dict:
+    """The seed's suite: the designated swap, a sweep, the usual baselines, both experts."""
+    num_layers = train.SIZES[settings.size][1]
+    pair = [{"model": "math", "parameters": {"weight": 0.5}},
+            {"model": "lang", "parameters": {"weight": 0.5}}]  # fmt: skip
+    deltas = [{"model": "math", "parameters": {"weight": 1.0, "density": 0.5}},
+              {"model": "lang", "parameters": {"weight": 1.0, "density": 0.5}}]  # fmt: skip
+    return {
+        "models": {name: str(path) for name, path in models.items()},
+        "evaluate_inputs": ["base", "math", "lang"],
+        "merges": [
+            {"name": "layer-swap", "merge_method": "layer_swap", "base_model": "math",
+             "models": [{"model": "math"}, {"model": "lang", "parameters": swap["donor"]}],
+             "parameters": {"transition": swap["transition"]}},
+            {"name": "soup", "merge_method": "linear", "models": pair},
+            {"name": "task-arithmetic", "merge_method": "task_arithmetic", "base_model": "base",
+             "models": [{"model": m["model"], "parameters": {"weight": 1.0}} for m in pair]},
+            {"name": "ties", "merge_method": "ties", "base_model": "base", "models": deltas},
+            {"name": "dare-ties", "merge_method": "dare_ties", "base_model": "base",
+             "models": deltas},
+        ],
+        "sweep": {"base_model": "math", "donor": "lang", "bottom": [1, 2],
+                  "top": [0, 1, max(2, num_layers // 8)], "transition": [0]},
+        "evaluation": {
+            "tasks": list(tasks.task_names(settings.language)),
+            "include_path": str(task_folder),
+            "device": settings.device,
+        },
+        "seed": 0,
+    }
+
+
+def designated_swap(result) -> dict:
+    """The layer_swap `analyze` suggests (host: math expert, donor: language expert); when no
+    outer layer qualifies, the smallest swap (bottom 1, top 1), said as such."""
+    suggestion = result.suggestion
+    if suggestion is not None and suggestion.donor_layers:
+        donor = {k: v for k, v in (("bottom", suggestion.bottom), ("top", suggestion.top)) if v}
+        return {"donor": donor, "transition": suggestion.transition, "source": "analyze"}
+    return {"donor": {"bottom": 1, "top": 1}, "transition": 0, "source": "fallback"}
+
+
+def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, excluded, log):
+    """One seed end to end; returns {model name: {column: result record}} and the swap."""
+    from mergekit_layerswap import analysis
+    from mergekit_layerswap.suite.runner import run_suite
+    from mergekit_layerswap.suite.schema import parse_suite
+
+    folder = out / f"seed-{seed}"
+    models = train_models(settings, seed, folder / "models", excluded, log)
+    swap_file = folder / "analysis" / "designated-swap.json"
+    key = _stage_key(settings, seed, "analysis")
+    if not _done(folder / "analysis", key):
+        print(f"seed {seed}: analyze (where did each expert change?)", flush=True)
+        partial = folder / f".analysis.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        result = analysis.analyze(
+            str(models["base"]), [("math", str(models["math"])), ("lang", str(models["lang"]))],
+            partial, host="math", donor="lang",
+        )  # fmt: skip
+        (partial / swap_file.name).write_text(json.dumps(designated_swap(result), indent=2))
+        _publish(partial, folder / "analysis", key)
+    swap = json.loads(swap_file.read_text())
+    config = suite_config(settings, models, swap, task_folder)
+    config["evaluation"]["max_gen_toks"] = settings.max_gen_toks
+    (folder / "suite.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    names = ", ".join(config["evaluation"]["tasks"])
+    print(f"seed {seed}: suite (merges, then lm-eval on {names})", flush=True)
+    run_suite(parse_suite(config, folder), folder / "suite")
+    scores = {}
+    for path in sorted((folder / "suite" / "results").glob("*.json")):
+        record = json.loads(path.read_text())
+        scores[record["name"]] = {"kind": record["kind"], "method": record["method"],
+                                  "columns": record["languages"]}  # fmt: skip
+    return scores, swap
+
+
+def _progress(description: str, total: int):
+    """A progress bar for `total` training steps that shows the running loss."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="step")
+
+    def update(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        if step + 1 == total:
+            bar.close()
+
+    return update
+
+
+def run_lab(out_dir: str | Path, settings: LabSettings) -> dict:
+    """Every seed's pipeline, then the report; returns what lab.json holds."""
+    import torch
+
+    from mergekit_layerswap.lab import report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    test = tasks.build(settings.language, settings.n_test, settings.test_seed)
+    task_folder = tasks.write(test, settings.language, out / "tasks", settings.max_gen_toks)
+    columns = list(tasks.task_names(settings.language))
+    seeds = {}
+    for seed in range(settings.seeds):
+        scores, swap = run_seed(settings, seed, out, task_folder, test.excludes, _progress)
+        seeds[seed] = {"swap": swap, "models": scores}
+    summary = report.summarize(seeds, columns)
+    data = {
+        "settings": settings.model_dump(),
+        "columns": columns,
+        "tests": tasks.summary(test),
+        "seeds": {str(seed): value for seed, value in seeds.items()},
+        "summary": summary,
+        "verdict": report.verdict(seeds, columns[0]),
+    }
+    for path in report.write(data, out):
+        print(f"wrote {path}", flush=True)
+    print(report.markdown(data))
+    return data
