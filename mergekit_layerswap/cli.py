@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -44,13 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_suite(sub)
     _add_analyze(sub)
-    demo = sub.add_parser(
-        "demo", help="tiny local experts -> layer swaps + baselines -> MGSM leaderboard (CPU)"
-    )
-    demo.add_argument("out", metavar="OUT_DIR", help="models, merges and leaderboard go here")
-    demo.add_argument("--limit", type=int, help="MGSM problems per language (default 20)")
-    demo.add_argument("--data-dir", help="local MGSM copy (default: $MGSM_DATA_DIR, else Hub)")
-    demo.set_defaults(handler=_demo)
+    _add_lab(sub)
 
     card = sub.add_parser("card", help="write or refresh the model card of a layer_swap merge")
     card.add_argument("model", metavar="MODEL_DIR", help="a merged model folder")
@@ -200,14 +195,40 @@ def _suite(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from mergekit_layerswap.demo import run_demo
-    from mergekit_layerswap.evaluate import EvalInputError
+def _add_lab(sub: argparse._SubParsersAction) -> None:
+    lab = sub.add_parser(
+        "lab", help="layer swapping in miniature: tiny base + experts trained here, merged, "
+        "scored over seeds, with a verdict (CPU minutes)",
+    )  # fmt: skip
+    lab.add_argument("out", metavar="OUT_DIR", help="models, suites, lab.json/md/png go here")
+    lab.add_argument("--seeds", type=int, default=3, help="pipelines to run (default 3)")
+    lab.add_argument("--language", default="sw", choices=["sw"], help="target language")
+    lab.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
+    lab.add_argument("--size", default="tiny", choices=["tiny", "small"], help="default tiny")
+    lab.set_defaults(handler=_lab)
+    demo = sub.add_parser("demo", help="the lab's smallest form: one seed, tiny (about 2.5 min)")
+    demo.add_argument("out", metavar="OUT_DIR", help="models, suite and lab.md go here")
+    demo.set_defaults(handler=_lab, seeds=1, language="sw", device="cpu", size="tiny")
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from mergekit_layerswap.evaluate.run import check_writable
+    from mergekit_layerswap.evaluate.tasks import EvalInputError
+    from mergekit_layerswap.lab.run import LabSettings, run_lab
 
     try:
-        run_demo(args.out, limit=args.limit, data_dir=args.data_dir)
+        settings = LabSettings(
+            seeds=args.seeds, language=args.language, device=args.device, size=args.size
+        )
+        check_writable(Path(args.out), "output")
+    except ValidationError as error:
+        problems = [f"--{item['loc'][0]}: {item['msg']}" for item in error.errors()]
+        raise UsageError("; ".join(problems)) from None
     except EvalInputError as error:
-        raise UsageError("\n  ".join(error.problems)) from None
+        raise UsageError(str(error)) from None
+    run_lab(args.out, settings)
     return 0
 
 

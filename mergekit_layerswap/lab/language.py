@@ -6,9 +6,11 @@ word-level tokenizer covers all of it. Each template has an English and a Swahil
 the same slots, so the same draw gives a translation pair.
 
 - `generic`: daily-life narration and dialogue (no numbers): the base's and the language
-  expert's text.
-- `reading`: a question whose answer is stated in the text ("has 5 books ... how many?"):
+  expert's text; `generic_pair` gives a sentence with its translation.
+- `reading_item`: a question whose answer is stated in the text ("has 5 books ... how many?"):
   teaches the base the question/answer format and numbers in both languages, no arithmetic.
+- `statement`: a word problem's story without its question or answer (narration with
+  numbers), for the base, alone or as a translation pair (`pair`).
 - `fact`: bare arithmetic (`3 + 4 = 7`), language-neutral, for the base.
 - `problem`: a word problem with a step-by-step answer in MGSM's format (addition,
   subtraction, multiplication, two steps): the math expert's English training data, and the
@@ -107,7 +109,7 @@ class Problem:
     question: str
     answer: str  # the step-by-step answer, ending "The answer is N ." / "Jibu ni N ."
     answer_number: int
-    key: tuple  # the draw (kind, name, object, numbers): equal keys = the same problem
+    key: tuple  # (kind, the English text): equal keys = the same item, in either language
 
 
 def _slots(rng: random.Random) -> dict:
@@ -126,14 +128,11 @@ def generic(rng: random.Random, language: str) -> str:
     return _fill(pair[LANGUAGES.index(language)], _slots(rng), language)
 
 
-def parallel(rng: random.Random) -> str:
-    """A translation pair (`English = Swahili`) of a generic or a reading sentence."""
-    slots = {**_slots(rng), "a": rng.randint(1, 20)}
-    if rng.random() < 0.5:
-        en, sw = rng.choice(_GENERIC)
-    else:
-        en, sw, _, _ = rng.choice(_READING)
-    return f"{_fill(en, slots, 'en')} = {_fill(sw, slots, 'sw')}"
+def generic_pair(rng: random.Random) -> tuple[str, str]:
+    """A generic sentence and its translation."""
+    slots = _slots(rng)
+    english, swahili = rng.choice(_GENERIC)
+    return _fill(english, slots, "en"), _fill(swahili, slots, "sw")
 
 
 def reading_item(rng: random.Random, language: str) -> Problem:
@@ -145,13 +144,8 @@ def reading_item(rng: random.Random, language: str) -> Problem:
     template = _READING[index]
     fact, question = _fill(template[i], slots, language), _fill(template[2 + i], slots, language)
     answer = f"{fact} {PROMPT[language][2]} {slots['a']} ."
-    key = ("read", slots["n"], slots["o"], index, slots["a"])
+    key = ("read", _fill(template[0], slots, "en"), _fill(template[2], slots, "en"))
     return Problem(language, "read", f"{fact} {question}", answer, slots["a"], key)
-
-
-def reading(rng: random.Random, language: str) -> str:
-    """A reading question with its answer, as training text."""
-    return as_text(reading_item(rng, language))
 
 
 def fact(rng: random.Random) -> str:
@@ -189,8 +183,21 @@ def problem(rng: random.Random, language: str, kind: str | None = None) -> Probl
     slots = {**slots, **numbers, "r": result}
     question = _fill((en, sw)[i], slots, language)
     answer = f"{_fill(steps[i], slots, language)} {PROMPT[language][2]} {result} ."
-    key = (kind, slots["n"], slots["o"], tuple(sorted(numbers.items())))
+    key = (kind, _fill(en, slots, "en"))  # the draw, whatever language it is written in
     return Problem(language, kind, question, answer, result, key)
+
+
+def pair(make, rng: random.Random) -> tuple[Problem, Problem]:
+    """The same draw of `make(rng, language)` in English and in the target language."""
+    state = rng.getstate()
+    english = make(rng, "en")
+    rng.setstate(state)
+    return english, make(rng, "sw")
+
+
+def statement(item: Problem) -> str:
+    """A problem's story without its question (narration with numbers, no arithmetic)."""
+    return item.question.rsplit(" . ", 1)[0] + " ."
 
 
 def as_text(item: Problem) -> str:

@@ -51,8 +51,12 @@ class LabSettings(BaseModel):
     #: translation pairs, English reading, target reading, bare arithmetic).
     mixture: dict[str, float] = Field(default_factory=lambda: {
         "generic_en": 0.30, "generic_target": 0.08, "parallel": 0.12,
-        "reading_en": 0.15, "reading_target": 0.05, "arithmetic": 0.30})  # fmt: skip
+        "reading_en": 0.15, "reading_target": 0.05, "arithmetic": 0.30,
+        "story_en": 0.0, "story_target": 0.0, "story_parallel": 0.0})  # fmt: skip
     max_gen_toks: PositiveInt = 48
+    #: Modular experts (Bandarkar & Peng 2025): the math expert trains only the middle layers,
+    #: the language expert only the embeddings, the outer layers, the final norm and the head.
+    modular: bool = False
 
     def steps(self) -> tuple[int, int]:
         base, expert = STEPS[self.size]
@@ -60,36 +64,57 @@ class LabSettings(BaseModel):
 
 
 def _samplers(settings: LabSettings, excluded: frozenset[tuple]):
-    """(base, math expert, language expert) samplers of (prompt, completion) pairs."""
+    """(base, math expert, language expert) samplers of (prompt, completion) pairs; no
+    sampler ever writes a test item (`excluded` keys), in either language."""
     target = settings.language
-    kinds = list(settings.mixture)
-    weights = [settings.mixture[k] for k in kinds]
+
+    def fresh(make, rng: random.Random, lang: str) -> language.Problem:
+        item = make(rng, lang)
+        while item.key in excluded:
+            item = make(rng, lang)
+        return item
+
+    def fresh_pair(make, rng: random.Random) -> tuple[language.Problem, language.Problem]:
+        items = language.pair(make, rng)
+        while items[0].key in excluded:
+            items = language.pair(make, rng)
+        return items
+
+    def parallel(rng: random.Random) -> str:
+        if rng.random() < 0.5:
+            return " = ".join(language.generic_pair(rng))
+        return " = ".join(item.question for item in fresh_pair(language.reading_item, rng))
+
     text = {
         "generic_en": lambda rng: language.generic(rng, "en"),
         "generic_target": lambda rng: language.generic(rng, target),
-        "parallel": language.parallel,
-        "reading_en": lambda rng: language.reading(rng, "en"),
-        "reading_target": lambda rng: language.reading(rng, target),
+        "parallel": parallel,
+        "reading_en": lambda rng: language.as_text(fresh(language.reading_item, rng, "en")),
+        "reading_target": lambda rng: language.as_text(
+            fresh(language.reading_item, rng, target)
+        ),
         "arithmetic": language.fact,
+        "story_en": lambda rng: language.statement(fresh(language.problem, rng, "en")),
+        "story_target": lambda rng: language.statement(fresh(language.problem, rng, target)),
+        "story_parallel": lambda rng: " = ".join(
+            map(language.statement, fresh_pair(language.problem, rng))
+        ),
     }
+    kinds = list(settings.mixture)
+    weights = [settings.mixture[k] for k in kinds]
 
     def base(rng: random.Random) -> tuple[str, str]:
         return "", text[rng.choices(kinds, weights)[0]](rng)
 
     def math(rng: random.Random) -> tuple[str, str]:
-        item = language.problem(rng, "en")
-        while item.key in excluded:
-            item = language.problem(rng, "en")
+        item = fresh(language.problem, rng, "en")
         question, answer, _ = language.PROMPT["en"]
         return f"{question} {item.question}", f"{answer} {item.answer}"
 
     def lang(rng: random.Random) -> tuple[str, str]:
         if rng.random() < 0.6:
             return "", language.generic(rng, target)
-        item = language.reading_item(rng, target)
-        while item.key in excluded:
-            item = language.reading_item(rng, target)
-        return "", language.as_text(item)
+        return "", text["reading_target"](rng)
 
     return base, math, lang
 
@@ -112,6 +137,19 @@ def _publish(partial: Path, folder: Path, key: dict) -> Path:
         shutil.rmtree(folder)  # an earlier run's stage with other settings (inside OUT_DIR)
     os.replace(partial, folder)
     return folder
+
+
+def _outer(size: str):
+    """Parameters of the modular language expert: everything outside the middle layers (the
+    bottom quarter and the top eighth of the stack, as in the paper's 5 + 2 of 32)."""
+    layers = train.SIZES[size][1]
+    bottom, top = max(1, layers // 4), max(1, layers // 8)
+
+    def outer(name: str) -> bool:
+        index = train.layer_index(name)
+        return index is None or index < bottom or index >= layers - top
+
+    return outer
 
 
 def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) -> dict[str, Path]:
@@ -141,14 +179,18 @@ def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) 
                     progress=log(f"seed {seed}: pretraining the base", base_steps))  # fmt: skip
         train.save(base.cpu(), tokenizer, partial["base"])
         _publish(partial["base"], paths["base"], keys["base"])
-    experts = (("math", math_sampler, "math expert (English word problems)"),
-               ("lang", lang_sampler, f"language expert ({settings.language} text)"))  # fmt: skip
-    for offset, (name, sampler, what) in enumerate(experts, 1):
+    outer = _outer(settings.size)
+    experts = (
+        ("math", math_sampler, "math expert (English word problems)", lambda n: not outer(n)),
+        ("lang", lang_sampler, f"language expert ({settings.language} text)", outer),
+    )
+    for offset, (name, sampler, what, part) in enumerate(experts, 1):
         if _done(paths[name], keys[name]):
             continue
         model = copy.deepcopy(base).to(device)
         schedule = train.Schedule(expert_steps, settings.expert_lr)
         train.train(model, tokenizer, sampler, schedule, seed=seed + offset,
+                    trainable=part if settings.modular else None,
                     progress=log(f"seed {seed}: fine-tuning the {what}", expert_steps))  # fmt: skip
         train.save(model.cpu(), tokenizer, partial[name])
         _publish(partial[name], paths[name], keys[name])

@@ -1,0 +1,123 @@
+"""The lab: disjoint data, deterministic training, and a real (non-degenerate) smallest run."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mergekit_layerswap import cli
+from mergekit_layerswap.lab import language, run, tasks
+
+#: The CI form: one seed, the tiny size, fewer test problems and steps than `demo`.
+CI = {"seeds": 1, "n_test": 24, "base_steps": 400, "expert_steps": 150}
+
+
+def test_training_and_test_data_are_disjoint():
+    """No training sampler (base, math expert, language expert) writes a test item."""
+    settings = run.LabSettings()
+    test = tasks.build("sw", 60, settings.test_seed)
+    assert all(len(items) == 60 for items in test.items.values())
+    assert len(test.excludes) == 180  # distinct draws across the three tasks
+    questions = {p.question for items in test.items.values() for p in items}
+    mixture = {kind: 1.0 for kind in settings.mixture}  # every kind of base text
+    samplers = run._samplers(settings.model_copy(update={"mixture": mixture}), test.excludes)
+    rng = random.Random(0)
+    for sampler in samplers:
+        for _ in range(3000):
+            prompt, completion = sampler(rng)
+            text = f"{prompt} {completion}"
+            assert not any(question in text for question in questions), text
+
+
+def test_language_pairs_share_their_draw():
+    english, swahili = language.pair(language.problem, random.Random(3))
+    assert english.key == swahili.key and english.answer_number == swahili.answer_number
+    assert english.answer.endswith(f"The answer is {english.answer_number} .")
+    assert swahili.answer.endswith(f"Jibu ni {swahili.answer_number} .")
+    words = set(language.vocabulary())
+    for text in (english.question, swahili.answer, *language.generic_pair(random.Random(1))):
+        assert set(text.split()) <= words  # the word-level tokenizer covers everything
+
+
+def test_training_is_deterministic(tmp_path):
+    """The same seed trains byte-identical models (a few steps are enough to tell)."""
+    settings = run.LabSettings(seeds=1, base_steps=8, expert_steps=4)
+    excluded = tasks.build("sw", 4, settings.test_seed).excludes
+    quiet = lambda *_: lambda *_: None  # noqa: E731
+    first = run.train_models(settings, 0, tmp_path / "a", excluded, quiet)
+    second = run.train_models(settings, 0, tmp_path / "b", excluded, quiet)
+    for name in ("base", "math", "lang"):
+        mine, theirs = first[name] / "model.safetensors", second[name] / "model.safetensors"
+        assert mine.read_bytes() == theirs.read_bytes(), name
+    assert (first["math"] / "model.safetensors").read_bytes() != (
+        first["lang"] / "model.safetensors"
+    ).read_bytes()
+    other = run.train_models(settings, 1, tmp_path / "c", excluded, quiet)
+    assert (other["base"] / "model.safetensors").read_bytes() != (
+        first["base"] / "model.safetensors"
+    ).read_bytes()
+
+
+@pytest.mark.slow
+def test_smallest_lab_is_not_degenerate_resumes_and_reruns_identically(tmp_path):
+    """One seed end to end: each expert scores above zero in its own domain, the experts
+    differ, a rerun reuses everything, and scores recomputed from scratch are identical."""
+    out = tmp_path / "lab"
+    settings = run.LabSettings(**CI)
+    data = run.run_lab(out, settings)
+    math_sw, math_en, read_sw = data["columns"]
+    scores = {name: {c: v["exact_match"] for c, v in model["columns"].items()}
+              for name, model in data["seeds"]["0"]["models"].items()}  # fmt: skip
+    assert scores["math"][math_en] > 0.1  # the math expert on English math
+    assert scores["lang"][read_sw] > 0.5  # the language expert on target reading
+    assert scores["math"] != scores["lang"]
+    assert {"layer-swap", "soup", "ties", "dare-ties", "task-arithmetic"} <= set(scores)
+    assert data["verdict"]["seeds"] == 1 and data["verdict"]["text"].startswith(f"On {math_sw}")
+    for name in ("lab.json", "lab.md", "lab.png"):
+        assert (out / name).stat().st_size > 0
+    task_yaml = yaml.safe_load((out / "tasks" / f"{math_sw}.yaml").read_text())
+    assert task_yaml["filter_list"][0]["name"] == "strict-match"
+    assert (out / "seed-0" / "analysis" / "layers.png").is_file()
+    first = (out / "lab.json").read_bytes()
+
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "seed-0").rglob("*.safetensors")}
+    assert run.run_lab(out, settings) == data  # resumed: nothing trained, merged or scored
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert (out / "lab.json").read_bytes() == first
+
+    shutil.rmtree(out / "seed-0" / "suite")  # every merge and score again, from the models
+    run.run_lab(out, settings)
+    assert (out / "lab.json").read_bytes() == first
+    assert json.loads(first)["settings"]["seeds"] == 1
+
+
+def test_lab_refuses_bad_input_before_training(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert cli.main(["lab", str(a_file / "out")]) == 2
+    assert cli.main(["lab", str(tmp_path / "out"), "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err or "not a" in err
+    assert "--seeds: Input should be greater than 0" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_task_folder_is_plain_lm_eval(tmp_path):
+    """The written tasks load with lm-eval's own TaskManager (what `--include_path` does)."""
+    from lm_eval.tasks import TaskManager
+
+    folder = tasks.write(tasks.build("sw", 5, 7), "sw", tmp_path / "tasks")
+    names = list(tasks.task_names("sw"))
+    loaded = TaskManager(include_path=str(folder), include_defaults=False).load_task_or_group(names)
+    assert sorted(loaded) == sorted(names)
+    rows = (folder / f"{names[0]}.jsonl").read_text().splitlines()
+    assert len(rows) == 5 and json.loads(rows[0])["answer"].endswith(" .")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"{n}.jsonl" for n in names] + [f"{n}.yaml" for n in names]
+    )
+    assert Path(folder).is_dir()
