@@ -94,7 +94,7 @@ def train(
     model.train()
     for step in range(schedule.steps):
         pairs = [sample(rng) for _ in range(schedule.batch)]
-        ids, labels = _batch(tokenizer, pairs)
+        ids, labels = (t.to(model.device) for t in _batch(tokenizer, pairs))
         mask = ids != tokenizer.pad_token_id
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
