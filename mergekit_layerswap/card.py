@@ -14,11 +14,11 @@ from typing import Any
 import yaml
 
 from mergekit_layerswap import checkpoint, swap, validate
+from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
 from mergekit_layerswap.evaluate.identity import fingerprint_dir
 from mergekit_layerswap.evaluate.results import EvalResults, LanguageResult, ModelResult
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.evaluate.tasks import HEADLINE_FILTER, HUB_DATASET
-from mergekit_layerswap.merge import CARD_FILE, CONFIG_FILE
 from mergekit_layerswap.plan import compile_slices
 
 PAPER = "https://arxiv.org/abs/2410.01335"

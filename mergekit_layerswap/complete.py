@@ -15,6 +15,9 @@ from pathlib import Path
 from mergekit_layerswap.checkpoint import INDEX, CheckpointError, read_header
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+#: The mergekit config and the model card a merged folder holds beside the weights.
+CONFIG_FILE = "mergekit_config.yml"
+CARD_FILE = "README.md"
 
 
 def _header(path: Path) -> tuple[dict, str | None]:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from mergekit_layerswap import complete, validate
+from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
 
 if TYPE_CHECKING:
     from mergekit.config import MergeConfiguration
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 
 #: Written into the output folder before it is renamed into place (see `run(metadata=...)`).
 METADATA_FILE = "layerswap-merge.json"
-CONFIG_FILE = "mergekit_config.yml"
-CARD_FILE = "README.md"
 #: Inside the partial folder: mergekit's cache of LoRA donors merged into their base models.
 LORA_CACHE = ".lora-merged"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

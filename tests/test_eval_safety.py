@@ -1,4 +1,4 @@
-"""`eval` and `demo` as a careless user meets them: no Hub, typos, reruns, noise, faults.
+"""`eval` as a careless user meets it: no Hub, typos, reruns, noise, faults.
 
 Each test names the defect class it covers (issue 12). Nothing we ship is mocked: the CLI
 runs for real, lm-eval included, on the tiny session models and the local MGSM copy.
@@ -137,16 +137,6 @@ def test_second_eval_into_same_output_keeps_first_runs_models(
     assert "holds results for other settings (mode native_cot -> direct)" in err
     assert (out / "results.json").read_text() == before
     assert json.loads(before)["settings"]["mode"] == "native_cot"
-
-
-@pytest.mark.parametrize("bad", [["--limit", "0"], ["--data-dir", "no-such-folder"]])
-def test_demo_checks_inputs_before_training(bad, tmp_path, monkeypatch, capsys):
-    """demo checks late: a bad --limit or --data-dir is refused before any model is built."""
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["demo", "demo-out", *bad]) == 2
-    err = _stderr_line(capsys)
-    assert err.startswith("mergekit-layerswap demo: error: ")
-    assert not (tmp_path / "demo-out").exists()
 
 
 def test_run_fault_is_one_line_exit_1_and_verbose_shows_traceback(
