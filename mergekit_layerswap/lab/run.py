@@ -221,7 +221,7 @@ def suite_config(
              "models": deltas},
         ],
         "sweep": {"base_model": "math", "donor": "lang", "bottom": [1, 2],
-                  "top": [0, 1, max(2, num_layers // 8)], "transition": [0]},
+                  "top": [0, 1, max(2, num_layers // 8)], "transition": [0, 1]},
         "evaluation": {
             "tasks": list(tasks.task_names(settings.language)),
             "include_path": str(task_folder),
