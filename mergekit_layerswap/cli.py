@@ -206,7 +206,7 @@ def _add_lab(sub: argparse._SubParsersAction) -> None:
     lab.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     lab.add_argument("--size", default="tiny", choices=["tiny", "small"], help="default tiny")
     lab.set_defaults(handler=_lab)
-    demo = sub.add_parser("demo", help="the lab's smallest form: one seed, tiny (about 2.5 min)")
+    demo = sub.add_parser("demo", help="the lab's smallest form: one seed, tiny (about 3 min)")
     demo.add_argument("out", metavar="OUT_DIR", help="models, suite and lab.md go here")
     demo.set_defaults(handler=_lab, seeds=1, language="sw", device="cpu", size="tiny")
 
