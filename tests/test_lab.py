@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,11 +47,17 @@ def test_language_pairs_share_their_draw():
 
 
 def test_training_is_deterministic(tmp_path):
-    """The same seed trains byte-identical models (a few steps are enough to tell)."""
+    """The same seed trains byte-identical models (a few steps are enough to tell); a rerun
+    removes what a killed run left behind."""
     settings = run.LabSettings(seeds=1, base_steps=8, expert_steps=4)
     excluded = tasks.build("sw", 4, settings.test_seed).excludes
     quiet = lambda *_: lambda *_: None  # noqa: E731
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    debris = tmp_path / "a" / f".math.partial-{int(ended.stdout)}"  # a killed run's leftovers
+    debris.mkdir(parents=True)
     first = run.train_models(settings, 0, tmp_path / "a", excluded, quiet)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["base", "lang", "math"]
     second = run.train_models(settings, 0, tmp_path / "b", excluded, quiet)
     for name in ("base", "math", "lang"):
         mine, theirs = first[name] / "model.safetensors", second[name] / "model.safetensors"

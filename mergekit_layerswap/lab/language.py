@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 LANGUAGES = ("en", "sw")
 NAMES = ("Amina", "Juma", "Neema", "Baraka", "Zawadi", "Imani", "Rehema", "Hassani", "Pendo",
-         "Tumaini", "Musa", "Halima")  # fmt: skip
+         "Tumaini", "Musa", "Halima")
 #: (English plural, Swahili) object words.
 OBJECTS = (("apples", "matofaa"), ("books", "vitabu"), ("pens", "kalamu"), ("eggs", "mayai"),
            ("cups", "vikombe"), ("mangoes", "maembe"), ("chairs", "viti"), ("shoes", "viatu"),
-           ("bananas", "ndizi"), ("balls", "mipira"))  # fmt: skip
+           ("bananas", "ndizi"), ("balls", "mipira"))
 #: MGSM's native chain-of-thought prompt words (lm-eval's mgsm_native_cot_{en,sw}).
 PROMPT = {
     "en": ("Question:", "Step-by-Step Answer:", "The answer is"),
@@ -57,7 +57,7 @@ _GENERIC = (
     ("{n} gets more {o} from the market .", "{n} anapata {o} zaidi kutoka sokoni ."),
     ("Each box has {o} inside .", "Kila sanduku lina {o} ndani ."),
     ("{n} buys boxes of {o} for the family .", "{n} ananunua masanduku ya {o} kwa familia ."),
-)  # fmt: skip
+)
 
 _READING = (
     ("{n} has {a} {o} .", "{n} ana {o} {a} .", "How many {o} does {n} have ?",
@@ -66,7 +66,7 @@ _READING = (
      "{n} ananunua masanduku mangapi ?"),
     ("{n} gives {a} {o} to a friend .", "{n} anampa rafiki {o} {a} .",
      "How many {o} does {n} give ?", "{n} anampa rafiki {o} ngapi ?"),
-)  # fmt: skip
+)
 
 _PROBLEMS = {
     "add": (
@@ -97,7 +97,7 @@ _PROBLEMS = {
          "{n} ana {o} {a} na anapata {b} zaidi . {a} + {b} = {s} . {n} anatoa {c} . "
          "{s} - {c} = {r} ."),
     ),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)

@@ -85,17 +85,17 @@ def markdown(data: dict) -> str:
         "|---|" + "---:|" * len(columns),
     ]
     for name, row in sorted(summary.items(), key=lambda kv: -kv[1][columns[0]]
-                            ["flexible-extract"]["mean"]):  # fmt: skip
+                            ["flexible-extract"]["mean"]):
         label = name + (" (designated)" if name == SWAP else "")
         label += " (best sweep variant, chosen on the test set)" if name == best else ""
         cells = []
         for column in columns:
             flex, strict = row[column]["flexible-extract"], row[column]["strict-match"]
             cells.append(f"{100 * flex['mean']:.1f} ± {100 * flex['std']:.1f} "
-                         f"[{100 * strict['mean']:.1f}]")  # fmt: skip
+                         f"[{100 * strict['mean']:.1f}]")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     swaps = ", ".join(f"seed {seed}: {s['swap']['donor']} transition {s['swap']['transition']} "
-                      f"({s['swap']['source']})" for seed, s in data["seeds"].items())  # fmt: skip
+                      f"({s['swap']['source']})" for seed, s in data["seeds"].items())
     verdict = data["verdict"]["text"]
     lines += ["", f"Designated swap per seed: {swaps}.", "", f"**Verdict.** {verdict}"]
     return "\n".join(lines) + "\n"
@@ -115,9 +115,9 @@ def plot(data: dict, path: Path) -> Path:
     for i, column in enumerate(columns):
         stats = [summary[n][column]["flexible-extract"] for n in names]
         axes.bar([x + i * width for x in range(len(names))], [100 * s["mean"] for s in stats],
-                 width, yerr=[100 * s["std"] for s in stats], capsize=2, label=column)  # fmt: skip
+                 width, yerr=[100 * s["std"] for s in stats], capsize=2, label=column)
     axes.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names, rotation=35,
-                    ha="right")  # fmt: skip
+                    ha="right")
     axes.set_ylabel("exact match, flexible-extract (%)")
     axes.set_title(f"Layer swapping in miniature ({data['settings']['seeds']} seeds, mean ± std)")
     axes.legend()

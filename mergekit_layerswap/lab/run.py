@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from mergekit_layerswap.lab import language, tasks, train
+from mergekit_layerswap.merge import remove_stale_partials
 
 STAGE_FILE = "lab-stage.json"
 #: Steps per size: (base, each expert).
@@ -52,7 +53,7 @@ class LabSettings(BaseModel):
     mixture: dict[str, float] = Field(default_factory=lambda: {
         "generic_en": 0.30, "generic_target": 0.08, "parallel": 0.12,
         "reading_en": 0.15, "reading_target": 0.05, "arithmetic": 0.30,
-        "story_en": 0.0, "story_target": 0.0, "story_parallel": 0.0})  # fmt: skip
+        "story_en": 0.0, "story_target": 0.0, "story_parallel": 0.0})
     max_gen_toks: PositiveInt = 48
     #: Modular experts (Bandarkar & Peng 2025): the math expert trains only the middle layers,
     #: the language expert only the embeddings, the outer layers, the final norm and the head.
@@ -166,6 +167,8 @@ def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) 
     base_sampler, math_sampler, lang_sampler = _samplers(settings, excluded)
     base_steps, expert_steps = settings.steps()
     folder.mkdir(parents=True, exist_ok=True)
+    for path in paths.values():  # what a killed run left behind
+        remove_stale_partials(path)
     partial = {n: folder / f".{n}.partial-{os.getpid()}" for n in names}
     tokenizer = train.build_tokenizer(partial["base"])
     device = settings.device
@@ -176,7 +179,7 @@ def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) 
         base = train.new_model(settings.size, len(tokenizer), seed).to(device)
         schedule = train.Schedule(base_steps, settings.base_lr)
         train.train(base, tokenizer, base_sampler, schedule, seed=seed,
-                    progress=log(f"seed {seed}: pretraining the base", base_steps))  # fmt: skip
+                    progress=log(f"seed {seed}: pretraining the base", base_steps))
         train.save(base.cpu(), tokenizer, partial["base"])
         _publish(partial["base"], paths["base"], keys["base"])
     outer = _outer(settings.size)
@@ -191,7 +194,7 @@ def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) 
         schedule = train.Schedule(expert_steps, settings.expert_lr)
         train.train(model, tokenizer, sampler, schedule, seed=seed + offset,
                     trainable=part if settings.modular else None,
-                    progress=log(f"seed {seed}: fine-tuning the {what}", expert_steps))  # fmt: skip
+                    progress=log(f"seed {seed}: fine-tuning the {what}", expert_steps))
         train.save(model.cpu(), tokenizer, partial[name])
         _publish(partial[name], paths[name], keys[name])
     return paths
@@ -203,9 +206,9 @@ def suite_config(
     """The seed's suite: the designated swap, a sweep, the usual baselines, both experts."""
     num_layers = train.SIZES[settings.size][1]
     pair = [{"model": "math", "parameters": {"weight": 0.5}},
-            {"model": "lang", "parameters": {"weight": 0.5}}]  # fmt: skip
+            {"model": "lang", "parameters": {"weight": 0.5}}]
     deltas = [{"model": "math", "parameters": {"weight": 1.0, "density": 0.5}},
-              {"model": "lang", "parameters": {"weight": 1.0, "density": 0.5}}]  # fmt: skip
+              {"model": "lang", "parameters": {"weight": 1.0, "density": 0.5}}]
     return {
         "models": {name: str(path) for name, path in models.items()},
         "evaluate_inputs": ["base", "math", "lang"],
@@ -253,12 +256,12 @@ def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, exc
     key = _stage_key(settings, seed, "analysis")
     if not _done(folder / "analysis", key):
         print(f"seed {seed}: analyze (where did each expert change?)", flush=True)
+        remove_stale_partials(folder / "analysis")
         partial = folder / f".analysis.partial-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
         result = analysis.analyze(
             str(models["base"]), [("math", str(models["math"])), ("lang", str(models["lang"]))],
             partial, host="math", donor="lang",
-        )  # fmt: skip
+        )
         (partial / swap_file.name).write_text(json.dumps(designated_swap(result), indent=2))
         _publish(partial, folder / "analysis", key)
     swap = json.loads(swap_file.read_text())
@@ -272,7 +275,7 @@ def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, exc
     for path in sorted((folder / "suite" / "results").glob("*.json")):
         record = json.loads(path.read_text())
         scores[record["name"]] = {"kind": record["kind"], "method": record["method"],
-                                  "columns": record["languages"]}  # fmt: skip
+                                  "columns": record["languages"]}
     return scores, swap
 
 

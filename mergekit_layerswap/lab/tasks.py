@@ -26,7 +26,7 @@ GROUP = "lab"
 #: The MGSM native-CoT answer filters (lm-eval 0.4.13's), with the language's answer phrase.
 _FLEXIBLE = {"name": "flexible-extract", "filter": [
     {"function": "regex", "group_select": -1, "regex_pattern": r"(-?[$0-9.,]{2,})|(-?[0-9]+)"},
-    {"function": "take_first"}]}  # fmt: skip
+    {"function": "take_first"}]}
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def write(tests: TestSet, target: str, folder: Path, max_gen_toks: int = 48) -> 
         lang = "en" if name.endswith("_en") else target
         data = folder / f"{name}.jsonl"
         rows = [{"question": p.question, "answer": p.answer, "answer_number": p.answer_number,
-                 "kind": p.kind} for p in items]  # fmt: skip
+                 "kind": p.kind} for p in items]
         data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         config = _config(name, lang, data, max_gen_toks)
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -112,4 +112,4 @@ def write(tests: TestSet, target: str, folder: Path, max_gen_toks: int = 48) -> 
 def summary(tests: TestSet) -> dict:
     """Counts per task and kind (for lab.json)."""
     return {name: {"n": len(items), "kinds": sorted({p.kind for p in items}),
-                   "first": asdict(items[0])} for name, items in tests.items.items()}  # fmt: skip
+                   "first": asdict(items[0])} for name, items in tests.items.items()}

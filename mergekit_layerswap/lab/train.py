@@ -49,7 +49,7 @@ def new_model(size: str, vocab_size: int, seed: int):
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
         max_position_embeddings=256, tie_word_embeddings=False,
         bos_token_id=0, eos_token_id=1, pad_token_id=2,
-    )  # fmt: skip
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
@@ -138,6 +138,12 @@ def layer_index(name: str) -> int | None:
 def save(model, tokenizer, out_dir: Path) -> Path:
     """Save in float32 (a tiny model's fine-tuning deltas would partly round away in
     bfloat16) as safetensors, with the tokenizer: what merges and evaluations read."""
-    model.save_pretrained(out_dir)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # a "Writing model shards" bar for one tiny file is noise
+    try:
+        model.save_pretrained(out_dir)
+    finally:
+        logging.enable_progress_bar()
     tokenizer.save_pretrained(out_dir)
     return out_dir
