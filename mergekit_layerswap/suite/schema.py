@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationErr
 from mergekit_layerswap import checkpoint, validate
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.evaluate.tasks import EvalInputError
+from mergekit_layerswap.suite import methods
 
 #: mergekit methods that draw random numbers: the suite fixes and records their seed.
 RANDOMIZED = frozenset({"dare_ties", "dare_linear", "della", "della_linear"})
@@ -257,59 +258,11 @@ def _sweep_entries(sweep: Sweep, aliases: _Aliases, in_memory: bool) -> list[Ent
     return entries
 
 
-def _unknown(name: str, known: list[str]) -> str:
-    guess = difflib.get_close_matches(name, known, n=1)
-    return (f"did you mean {guess[0]!r}? " if guess else "") + f"known: {', '.join(known)}"
-
-
-def _method_problems(config: dict) -> list[str]:
-    """Any other method: mergekit's registry, its config model, and the parameter names and
-    scopes the method's own spec declares (mergekit ignores unknown names silently)."""
-    from mergekit import merge_methods
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge_methods.base import ParameterScope
-
-    name = config.get("merge_method")
-    known = sorted(m.spec.name for m in merge_methods.registered_methods())
-    if name not in known:
-        return [f"merge_method: unknown method {name!r}; {_unknown(str(name), known)}"]
-    try:
-        MergeConfiguration.model_validate(config)
-    except ValidationError as error:
-        return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]
-    spec = merge_methods.get(name).spec
-    shared = {p.name for p in spec.shared_parameters}
-    allowed = sorted(shared | {p.name for p in spec.input_parameters})
-    top = config.get("parameters") or {}
-    problems = [f"parameters.{key}: not a {name} parameter; {_unknown(str(key), allowed)}"
-                for key in top if key not in allowed]  # fmt: skip
-    problems += [f"parameters.{p.name}: {name} requires it; add it"
-                 for p in spec.shared_parameters if p.required and p.name not in top]  # fmt: skip
-    for i, model in enumerate(config.get("models") or []):
-        where = f"models[{i}].parameters"
-        given = model.get("parameters") or {}
-        for key in given:
-            if key in shared:
-                problems.append(f"{where}.{key}: applies to the whole merge; move it to the "
-                                "top-level parameters")  # fmt: skip
-            elif key not in allowed:
-                problems.append(f"{where}.{key}: not a {name} parameter; "
-                                f"{_unknown(str(key), allowed)}")  # fmt: skip
-        is_base = model.get("model") == config.get("base_model")
-        problems += [
-            f"{where}.{p.name}: {name} requires it for every model; add it"
-            for p in spec.input_parameters
-            if p.required and p.name not in given and p.name not in top
-            and not (is_base and p.scope == ParameterScope.NON_BASE)
-        ]  # fmt: skip
-    return problems
-
-
 def _merge_problems(config: dict) -> list[str]:
     """layer_swap: our full check; other methods: mergekit's own config model and spec."""
     if config.get("merge_method") == validate.METHOD:
         return validate.check(config)
-    return _method_problems(config)
+    return methods.problems(config)
 
 
 def _pydantic_problems(error: ValidationError) -> list[str]:
