@@ -150,7 +150,7 @@ def test_missing_data_folder_and_models_are_refused_before_the_first_merge(
     a_file.write_text("")
     code, text = run_cli(tmp_path, {**raw, "evaluation": {"languages": ["sw"]}},
                          a_file / "out", capsys)
-    assert code == 2 and "cannot create or write this output folder" in text
+    assert code == 2 and "cannot write to the output directory" in text
 
 
 def test_a_second_run_on_the_same_output_folder_is_refused(aliases, mgsm_hf_dir, tmp_path, capsys):

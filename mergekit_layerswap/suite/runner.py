@@ -8,7 +8,6 @@ skipped when its key says it already finished (see `store`). `--dry-run` prints 
 from __future__ import annotations
 
 import importlib.metadata
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from mergekit_layerswap import card, checkpoint, hub, merge, validate
 from mergekit_layerswap.evaluate import columns
 from mergekit_layerswap.evaluate.columns import TaskSet
 from mergekit_layerswap.evaluate.identity import fingerprint_dir, resolve_model
+from mergekit_layerswap.evaluate.run import check_writable
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.evaluate.tasks import EvalInputError
 from mergekit_layerswap.suite import leaderboard
@@ -91,12 +91,10 @@ def preflight(
             fingerprints[reference] = _fingerprint(reference)
         except (EvalInputError, OSError) as error:
             problems.append(f"models: {error}")
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        problems.append(
-            f"{out}: cannot create or write this output folder ({existing} is not a writable "
-            "folder); choose another OUT_DIR"
-        )
+    try:
+        check_writable(out, "output")
+    except EvalInputError as error:
+        problems.append(str(error))
     if problems or task_set is None:
         raise SuiteError(problems)
     return fingerprints, task_set
