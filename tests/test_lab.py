@@ -48,7 +48,8 @@ def test_language_pairs_share_their_draw():
 
 def test_training_is_deterministic(tmp_path):
     """The same seed trains byte-identical models (a few steps are enough to tell); a rerun
-    removes what a killed run left behind."""
+    removes what a killed run left behind, and retrains only the stages whose settings
+    changed (not for more seeds, another device or other evaluation settings)."""
     settings = run.LabSettings(seeds=1, base_steps=8, expert_steps=4)
     excluded = tasks.build("sw", 4, settings.test_seed).excludes
     quiet = lambda *_: lambda *_: None  # noqa: E731
@@ -65,6 +66,18 @@ def test_training_is_deterministic(tmp_path):
     assert (first["math"] / "model.safetensors").read_bytes() != (
         first["lang"] / "model.safetensors"
     ).read_bytes()
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("model.safetensors")}
+    more_seeds = settings.model_copy(update={"seeds": 3, "device": "cpu", "max_gen_toks": 9})
+    run.train_models(more_seeds, 0, tmp_path / "a", excluded, quiet)  # reused, not retrained
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    modular = settings.model_copy(update={"modular": True})
+    run.train_models(modular, 0, tmp_path / "a", excluded, quiet)  # new experts, same base
+    assert (tmp_path / "a" / "base" / "model.safetensors").stat().st_mtime_ns == stamps[
+        tmp_path / "a" / "base" / "model.safetensors"
+    ]
+    assert (tmp_path / "a" / "math" / "model.safetensors").stat().st_mtime_ns != stamps[
+        tmp_path / "a" / "math" / "model.safetensors"
+    ]
     other = run.train_models(settings, 1, tmp_path / "c", excluded, quiet)
     assert (other["base"] / "model.safetensors").read_bytes() != (
         first["base"] / "model.safetensors"

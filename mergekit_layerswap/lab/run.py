@@ -120,8 +120,20 @@ def _samplers(settings: LabSettings, excluded: frozenset[tuple]):
     return base, math, lang
 
 
+#: The settings each stage's result depends on (how many seeds run, the device and the
+#: evaluation settings do not change a trained model or an analysis).
+_BASE = {"language", "size", "n_test", "test_seed", "base_steps", "base_lr", "mixture"}
+_STAGE_FIELDS = {
+    "base": _BASE,
+    "math": _BASE | {"expert_steps", "expert_lr", "modular"},
+    "lang": _BASE | {"expert_steps", "expert_lr", "modular"},
+    "analysis": _BASE | {"expert_steps", "expert_lr", "modular"},
+}
+
+
 def _stage_key(settings: LabSettings, seed: int, stage: str) -> dict:
-    return {"stage": stage, "seed": seed, "settings": settings.model_dump()}
+    fields = settings.model_dump(include=_STAGE_FIELDS[stage])
+    return {"stage": stage, "seed": seed, "settings": {**fields, "steps": list(settings.steps())}}
 
 
 def _done(folder: Path, key: dict) -> bool:
