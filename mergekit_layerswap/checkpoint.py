@@ -37,6 +37,9 @@ SHAPE_FIELDS = (
 SAFETENSORS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 PICKLE = "pytorch_model.bin"
+#: The floating-point safetensors dtypes a merge reads and writes: name -> (the name torch
+#: and mergekit give it, bytes per element). The one dtype table of the package.
+FLOAT_DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "BF16": ("bfloat16", 2), "F16": ("float16", 2)}
 #: What a Hugging Face Hub model id looks like: `name` or `namespace/name`.
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 

@@ -1,6 +1,15 @@
-"""How a library's exception is shown to a user: its first line, never a traceback."""
+"""The package's one error type for bad input, and how any library error is shown."""
 
 from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input from the user (a config, a suite, a path, an option): `problems` holds one
+    line per problem, each naming the field and the fix. The CLI prints them and exits 2."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 def first_line(error: BaseException) -> str:

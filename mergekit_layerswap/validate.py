@@ -192,7 +192,7 @@ def _structure(raw: dict) -> list[str]:
 
 
 #: The floating-point dtypes mergekit 0.1.5 merges into (`mergekit.common.dtype_from_name`).
-DTYPES = ("bfloat16", "float16", "float32", "float64")
+DTYPES = tuple(sorted(name for name, _ in checkpoint.FLOAT_DTYPES.values()))
 
 
 def _dtype(value: Any) -> str | None:
