@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from mergekit_layerswap.errors import first_line
+from mergekit_layerswap.errors import InputError, first_line
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)\.")
 #: config.json fields that decide tensor shapes; a donor must match the host's.
@@ -39,13 +39,14 @@ INDEX = "model.safetensors.index.json"
 PICKLE = "pytorch_model.bin"
 #: The floating-point safetensors dtypes a merge reads and writes: name -> (the name torch
 #: and mergekit give it, bytes per element). The one dtype table of the package.
-FLOAT_DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "BF16": ("bfloat16", 2), "F16": ("float16", 2)}
+FLOAT_DTYPES = {
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "BF16": ("bfloat16", 2),
+    "F16": ("float16", 2),
+}
 #: What a Hugging Face Hub model id looks like: `name` or `namespace/name`.
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
-
-
-class CheckpointError(ValueError):
-    """A model reference that cannot be resolved or read."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def architectures() -> dict[str, ArchitectureInfo]:
     """mergekit's single-stack architecture definitions, keyed by HF architecture class."""
     spec = importlib.util.find_spec("mergekit")
     if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError("mergekit is not installed: pip install mergekit==0.1.5")
+        raise InputError("mergekit is not installed: pip install mergekit==0.1.5")
     folder = Path(next(iter(spec.submodule_search_locations))) / "_data" / "architectures"
     found: dict[str, ArchitectureInfo] = {}
     for path in sorted(folder.glob("*.json")):
@@ -180,14 +181,14 @@ def model_folder(reference: str, patterns: tuple[str, ...] = ("config.json",)) -
     if looks_local(path):
         local = Path(path).expanduser()
         if not local.is_dir():
-            raise CheckpointError(f"{reference}: no such model directory ({local})")
+            raise InputError(f"{reference}: no such model directory ({local})")
         return local
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(path, revision=revision, allow_patterns=list(patterns)))
     except Exception as error:  # network, auth, missing repo: say which model
-        raise CheckpointError(
+        raise InputError(
             f"{reference}: not a local directory and could not be fetched from the "
             f"Hugging Face Hub ({first_line(error)})"
         ) from None
@@ -197,16 +198,16 @@ def read_config(reference: str) -> dict:
     """config.json of a local directory or Hub model (Hub: fetched with huggingface_hub)."""
     config_file = model_folder(reference) / "config.json"
     if not config_file.is_file():
-        raise CheckpointError(f"{reference}: {config_file.parent} has no config.json")
+        raise InputError(f"{reference}: {config_file.parent} has no config.json")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:  # ValueError: bad JSON or not UTF-8
         message = str(error).splitlines()[0]
-        raise CheckpointError(
+        raise InputError(
             f"{reference}: unreadable config.json ({message}); re-download or re-save the model"
         ) from None
     if not isinstance(config, dict) or not isinstance(_text_config(config), dict):
-        raise CheckpointError(
+        raise InputError(
             f"{reference}: config.json must hold a JSON object (got {type(config).__name__}); "
             "re-download or re-save the model"
         )
@@ -224,20 +225,20 @@ def model_info(reference: str) -> ModelInfo:
     config = read_config(reference)
     names = config.get("architectures") or []
     if len(names) != 1:
-        raise CheckpointError(
+        raise InputError(
             f"{reference}: config.json must name exactly one architecture "
             f'(architectures: {names!r}); add e.g. "architectures": ["LlamaForCausalLM"]'
         )
     arch = architectures().get(names[0])
     if arch is None:
-        raise CheckpointError(
+        raise InputError(
             f"{reference}: architecture {names[0]} is not a single-stack model mergekit "
             "0.1.5 defines; layer_swap supports e.g. Llama, Mistral, Qwen2/3, Gemma 1-3"
         )
     text = _text_config(config)
     num_layers = text.get(arch.num_layers_key.split(".")[-1], config.get(arch.num_layers_key))
     if not isinstance(num_layers, int):
-        raise CheckpointError(f"{reference}: config.json has no {arch.num_layers_key}")
+        raise InputError(f"{reference}: config.json has no {arch.num_layers_key}")
     # transformers ties the head to the embeddings when the key is absent
     tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
     return ModelInfo(
@@ -253,7 +254,7 @@ def model_info(reference: str) -> ModelInfo:
 
 
 def read_header(path: str) -> dict[str, Stored]:
-    """Every tensor of one safetensors file, from its header alone; CheckpointError (one
+    """Every tensor of one safetensors file, from its header alone; InputError (one
     line) if the file is not a complete safetensors file."""
     problem = "re-download or re-save the model"
     try:
@@ -270,12 +271,12 @@ def read_header(path: str) -> dict[str, Stored]:
                 stored[name] = Stored(path, info["dtype"], tuple(info["shape"]), start, end)
     except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
         reason = first_line(error)
-        raise CheckpointError(
+        raise InputError(
             f"{path}: not a readable safetensors file ({reason}); {problem}"
         ) from None
     end = max((item.end for item in stored.values()), default=0)
     if end > size:
-        raise CheckpointError(
+        raise InputError(
             f"{path}: truncated (its tensors end at byte {end}, the file has {size}); {problem}"
         )
     return stored
@@ -284,7 +285,7 @@ def read_header(path: str) -> dict[str, Stored]:
 def model_tensors(reference: str) -> dict[str, Stored] | None:
     """Every tensor of a model's safetensors weights, from headers only (no tensor read),
     found as mergekit finds them; None for pickled (.bin) weights, whose shapes cannot be
-    read without loading them. CheckpointError names a missing shard or unreadable file."""
+    read without loading them. InputError names a missing shard or unreadable file."""
     path, revision = split_reference(reference)
     if not looks_local(path):
         return _hub_tensors(reference, path, revision)
@@ -294,12 +295,12 @@ def model_tensors(reference: str) -> dict[str, Stored] | None:
             weight_map = json.loads((folder / INDEX).read_text(encoding="utf-8"))["weight_map"]
             shards = sorted(set(weight_map.values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-            raise CheckpointError(
+            raise InputError(
                 f"{folder / INDEX}: unreadable index ({error}); re-download or re-save the model"
             ) from None
         missing = [shard for shard in shards if not (folder / shard).is_file()]
         if missing:
-            raise CheckpointError(
+            raise InputError(
                 f"{reference}: shard {missing[0]} named in {INDEX} is missing "
                 f"({len(missing)} of {len(shards)} missing); re-download the model"
             )
@@ -311,7 +312,7 @@ def model_tensors(reference: str) -> dict[str, Stored] | None:
         return read_header(str(folder / SAFETENSORS))
     if (folder / PICKLE).is_file() or (folder / f"{PICKLE}.index.json").is_file():
         return None
-    raise CheckpointError(
+    raise InputError(
         f"{reference}: {folder} has no {SAFETENSORS}, {INDEX} or {PICKLE}; "
         "point to a folder holding the model's weights"
     )
@@ -327,7 +328,7 @@ def _hub_tensors(reference: str, repo: str, revision: str | None) -> dict[str, S
     except NotASafetensorsRepoError:
         return None
     except Exception as error:  # network, auth, missing repo: say which model
-        raise CheckpointError(
+        raise InputError(
             f"{reference}: cannot read its safetensors headers from the "
             f"Hugging Face Hub ({first_line(error)})"
         ) from None

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mergekit_layerswap.errors import InputError
+
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
@@ -77,7 +79,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     try:
         plan = validate.plan(validate.load(args.config))
-    except validate.ConfigError as error:
+    except InputError as error:
         raise _problems(args.config, error) from None
     donors = [claim.donor for claim in plan.swap.claims]
     symbols = {plan.host: "H"} | {
@@ -97,7 +99,7 @@ def _merge(args: argparse.Namespace) -> int:
             validate.load(args.config), args.out, cuda=args.cuda,
             copy_tokenizer=args.copy_tokenizer, quiet=args.quiet, random_seed=args.random_seed,
         )  # fmt: skip
-    except validate.ConfigError as error:
+    except InputError as error:
         raise _problems(args.config, error) from None
     except merge.MergeError as error:
         print(f"mergekit-layerswap merge: error: {error}", file=sys.stderr)
@@ -157,7 +159,7 @@ def _eval(args: argparse.Namespace) -> int:
         results = evaluate.evaluate_models(
             args.models, settings, args.output, cache_dir=args.cache_dir
         )
-    except evaluate.EvalInputError as error:
+    except InputError as error:
         raise UsageError("\n  ".join(error.problems)) from None
     print(evaluate.render_markdown(results))
     print(f"wrote {args.output}/results.json and results.md")
@@ -180,9 +182,9 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:
 
 
 def _suite(args: argparse.Namespace) -> int:
-    from mergekit_layerswap.evaluate import EvalInputError
+    from mergekit_layerswap.errors import InputError
     from mergekit_layerswap.suite.runner import run_suite
-    from mergekit_layerswap.suite.schema import SuiteError, load_suite
+    from mergekit_layerswap.suite.schema import load_suite
 
     try:
         suite = load_suite(args.suite)
@@ -190,7 +192,7 @@ def _suite(args: argparse.Namespace) -> int:
             suite, args.out, only=args.only, limit=args.limit, data_dir=args.data_dir,
             dry_run=args.dry_run, force=args.force, cuda=args.cuda,
         )  # fmt: skip
-    except (SuiteError, EvalInputError) as error:
+    except InputError as error:
         raise _problems(args.suite, error) from None
     return 0
 
@@ -214,8 +216,8 @@ def _add_lab(sub: argparse._SubParsersAction) -> None:
 def _lab(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from mergekit_layerswap.errors import InputError
     from mergekit_layerswap.evaluate.run import check_writable
-    from mergekit_layerswap.evaluate.tasks import EvalInputError
     from mergekit_layerswap.lab.run import LabSettings, run_lab
 
     try:
@@ -226,7 +228,7 @@ def _lab(args: argparse.Namespace) -> int:
     except ValidationError as error:
         problems = [f"--{item['loc'][0]}: {item['msg']}" for item in error.errors()]
         raise UsageError("; ".join(problems)) from None
-    except EvalInputError as error:
+    except InputError as error:
         raise UsageError(str(error)) from None
     run_lab(args.out, settings)
     return 0
@@ -253,7 +255,7 @@ def _push(args: argparse.Namespace) -> int:
             args.model, args.repo_id, private=args.private, revision=args.revision,
             dry_run=args.dry_run,
         )  # fmt: skip
-    except hub.PushError as error:
+    except InputError as error:
         raise UsageError(str(error)) from None
     except hub.UploadError as error:
         print(f"mergekit-layerswap push: error: {error}", file=sys.stderr)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mergekit_layerswap.checkpoint import INDEX, CheckpointError, read_header
+from mergekit_layerswap.checkpoint import INDEX, read_header
+from mergekit_layerswap.errors import InputError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 #: The mergekit config and the model card a merged folder holds beside the weights.
@@ -24,7 +25,7 @@ def _header(path: Path) -> tuple[dict, str | None]:
     """A safetensors file's tensors and why it is unusable (None when it is whole)."""
     try:
         return read_header(str(path)), None
-    except CheckpointError as error:
+    except InputError as error:
         return {}, str(error)
 
 

@@ -13,11 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergekit_layerswap import complete
-from mergekit_layerswap.errors import first_line
-
-
-class PushError(ValueError):
-    """The folder or the repo id is not ready to publish; str() lists every problem."""
+from mergekit_layerswap.errors import InputError, first_line
 
 
 class UploadError(RuntimeError):
@@ -73,7 +69,7 @@ def push(
     found = [f"{folder} is not a complete model: " + "; ".join(problems)] if problems else []
     found += filter(None, [repo_id_problem(repo_id)])
     if found:
-        raise PushError("; ".join(found))
+        raise InputError("; ".join(found))
     files = sorted(
         (str(p.relative_to(folder)), p.stat().st_size)
         for p in folder.rglob("*")

@@ -25,6 +25,7 @@ import yaml
 
 from mergekit_layerswap import complete, validate
 from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
+from mergekit_layerswap.errors import InputError
 
 if TYPE_CHECKING:
     from mergekit.config import MergeConfiguration
@@ -37,47 +38,43 @@ LORA_CACHE = ".lora-merged"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class OutputError(ValueError):
-    """The output folder cannot receive a model."""
-
-
 class MergeError(RuntimeError):
     """The merge ran but produced no complete model (a full disk, a failed copy)."""
 
 
 def check_output(out_path: str | Path) -> Path:
-    """The absolute output folder; OutputError unless it is new or empty, not a symbolic
+    """The absolute output folder; InputError unless it is new or empty, not a symbolic
     link, and its nearest existing parent is a writable folder."""
     out = Path(os.path.abspath(out_path))
     if out.is_symlink():
-        raise OutputError(
+        raise InputError(
             f"{out_path} is a symbolic link; give the folder it points to ({out.resolve()})"
         )
     if out.exists():
         if not out.is_dir():
-            raise OutputError(f"{out_path} exists and is not a folder; choose another output path")
+            raise InputError(f"{out_path} exists and is not a folder; choose another output path")
         held = sorted(path.name for path in out.iterdir())
         if held:
             listed = ", ".join(held[:3]) + (", …" if len(held) > 3 else "")
-            raise OutputError(f"{out_path} is not empty (holds {listed}); choose a new folder")
+            raise InputError(f"{out_path} is not empty (holds {listed}); choose a new folder")
     existing = next(p for p in out.parents if p.exists())
     if not existing.is_dir():
-        raise OutputError(f"{out_path}: {existing} is a file; choose an output path outside it")
+        raise InputError(f"{out_path}: {existing} is a file; choose an output path outside it")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {existing}; choose a writable output folder")
+        raise InputError(f"cannot write to {existing}; choose a writable output folder")
     return out
 
 
 def check(raw: dict, out_path: str | Path) -> Path:
-    """The output folder, once config and output path are valid (ConfigError lists every
+    """The output folder, once config and output path are valid (InputError lists every
     problem of both)."""
     problems = validate.check(raw) if raw.get("merge_method") == validate.METHOD else []
     try:
         out = check_output(out_path)
-    except OutputError as error:
+    except InputError as error:
         problems.append(str(error))
     if problems:
-        raise validate.ConfigError(problems)
+        raise InputError(problems)
     return out
 
 
@@ -195,7 +192,7 @@ def run(
 ) -> Path:
     """Merge `raw` (a loaded mergekit config) into `out_path` atomically; returns the folder.
 
-    ConfigError lists every problem of the config and the output path, before any work;
+    InputError lists every problem of the config and the output path, before any work;
     MergeError says why a merge that ran left nothing (a full disk: "disk full").
     `metadata`, if given, is written to METADATA_FILE inside the folder before it appears.
     The saved mergekit_config.yml says how plain `mergekit-yaml` reproduces the merge.

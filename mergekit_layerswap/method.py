@@ -33,6 +33,7 @@ from mergekit.merge_methods.base import FunctionalGroupMergeMethod
 from pydantic import NonNegativeInt, PositiveInt
 
 from mergekit_layerswap import _hook, checkpoint, stream, swap, validate
+from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.plan import compile_slices
 
 PAPER_URL = "https://arxiv.org/abs/2410.01335"
@@ -298,11 +299,11 @@ def register() -> None:
 
 
 def _exit_on_config_error(hook):
-    """An uncaught ConfigError (e.g. from the stock mergekit-yaml) prints its lines, not a
+    """An uncaught InputError (e.g. from the stock mergekit-yaml) prints its lines, not a
     traceback, and exits 2; every other exception keeps the previous hook."""
 
     def excepthook(kind, error, traceback):
-        if isinstance(error, validate.ConfigError):
+        if isinstance(error, InputError):
             for line in error.problems:
                 print(f"layer_swap config error: {line}", file=sys.stderr)
             sys.exit(2)
@@ -337,11 +338,11 @@ def _raw_config(config) -> dict:
 
 
 def _refuse(problems: list[str]) -> None:
-    """Raise the problems as one ConfigError that the stock CLI prints as lines, exit 2."""
+    """Raise the problems as one InputError that the stock CLI prints as lines, exit 2."""
     if problems:
         if not getattr(sys.excepthook, "layerswap", False):
             sys.excepthook = _exit_on_config_error(sys.excepthook)
-        raise validate.ConfigError(problems)
+        raise InputError(problems)
 
 
 def guard_config(config_module) -> None:

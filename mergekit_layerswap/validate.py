@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
 
 from mergekit_layerswap import checkpoint, swap
+from mergekit_layerswap.errors import InputError
 
 METHOD = "layer_swap"
 
@@ -57,14 +58,6 @@ _FIXES = {
 }
 
 
-class ConfigError(ValueError):
-    """An invalid layer_swap configuration; str() gives every problem, one per line."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
 @dataclass(frozen=True)
 class LayerSwapPlan:
     """A checked configuration: the host, the swap rule's config and the models' facts."""
@@ -94,19 +87,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load(path: str | Path) -> dict:
-    """Read a YAML config file into a dict (ConfigError if unreadable or not a mapping)."""
+    """Read a YAML config file into a dict (InputError if unreadable or not a mapping)."""
     try:
         raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except OSError as error:
-        raise ConfigError([f"{path}: cannot read it ({error.strerror})"]) from None
+        raise InputError([f"{path}: cannot read it ({error.strerror})"]) from None
     except UnicodeDecodeError as error:
-        raise ConfigError(
+        raise InputError(
             [f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8"]
         ) from None
     except yaml.YAMLError as error:
-        raise ConfigError([f"{path}: not valid YAML ({error})".replace("\n", " ")]) from None
+        raise InputError([f"{path}: not valid YAML ({error})".replace("\n", " ")]) from None
     if not isinstance(raw, dict):
-        raise ConfigError([f"{path}: expected a YAML mapping (keys such as models, ...)"])
+        raise InputError([f"{path}: expected a YAML mapping (keys such as models, ...)"])
     return raw
 
 
@@ -299,7 +292,7 @@ def _read_models(
         try:
             infos[ref] = checkpoint.model_info(ref)
             tensors[ref] = checkpoint.model_tensors(ref)
-        except checkpoint.CheckpointError as error:
+        except InputError as error:
             problems.append(f"{field}: {error}")
     host = infos.get(next(iter(where)))
     for ref, info in infos.items() if host else ():
@@ -405,8 +398,8 @@ def check(raw: dict) -> list[str]:
 
 
 def plan(raw: dict) -> LayerSwapPlan:
-    """The checked plan of a loaded config; ConfigError listing every problem if invalid."""
+    """The checked plan of a loaded config; InputError listing every problem if invalid."""
     result, problems = check_plan(raw)
     if problems or result is None:
-        raise ConfigError(problems)
+        raise InputError(problems)
     return result

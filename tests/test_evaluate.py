@@ -15,9 +15,9 @@ import pytest
 from mergekit_layerswap import cli
 from mergekit_layerswap.evaluate import (
     LANGUAGES,
-    EvalInputError,
     EvalResults,
     EvalSettings,
+    InputError,
     LanguageResult,
     ModelIdentity,
     ModelResult,
@@ -36,7 +36,7 @@ def test_parse_languages():
     assert parse_languages(" sw, te,sw ") == ("sw", "te")
     assert parse_languages(["ja", "en"]) == ("ja", "en")
     for bad in ("sw,xx", "", "SW"):
-        with pytest.raises(EvalInputError, match="unknown language code"):
+        with pytest.raises(InputError, match="unknown language code"):
             parse_languages(bad)
 
 
@@ -55,7 +55,7 @@ def test_settings_defaults_validation_and_json(monkeypatch, tmp_path):
         {"mode": "cot"}, {"num_fewshot": 9}, {"limit": 0}, {"max_gen_toks": 0},
         {"backend": "tgi"}, {"batch_size": 0}, {"batch_size": "big"}, {"device": "tpu"},
     ):  # fmt: skip
-        with pytest.raises(EvalInputError):
+        with pytest.raises(InputError):
             EvalSettings(**bad)
 
 

@@ -17,7 +17,8 @@ import yaml
 from helpers import layer_swap, tensors
 
 from mergekit_layerswap import cli
-from mergekit_layerswap.suite.schema import SuiteError, parse_suite
+from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.suite.schema import parse_suite
 
 pytestmark = pytest.mark.slow
 MERGEKIT_YAML = Path(sys.executable).with_name("mergekit-yaml")
@@ -182,7 +183,7 @@ def test_invalid_suites_are_refused_before_anything_runs(
     aliases, tmp_path, capsys, change, message
 ):
     raw = change(suite_raw(aliases))
-    with pytest.raises(SuiteError) as error:
+    with pytest.raises(InputError) as error:
         parse_suite(raw)
     assert any(message in problem for problem in error.value.problems), error.value.problems
     out = tmp_path / "out"

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from mergekit_layerswap import cli
-from mergekit_layerswap.suite.schema import SuiteError, load_suite, parse_suite
+from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.suite.schema import load_suite, parse_suite
 from mergekit_layerswap.suite.store import OutsideError, Store
 
 
@@ -33,7 +34,7 @@ def run_cli(tmp_path: Path, raw: dict, out: Path, capsys) -> tuple[int, str]:
 
 
 def problems_of(raw: dict, base_dir: Path | None = None) -> list[str]:
-    with pytest.raises(SuiteError) as error:
+    with pytest.raises(InputError) as error:
         parse_suite(raw, base_dir)
     return error.value.problems
 

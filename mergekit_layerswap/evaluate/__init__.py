@@ -9,15 +9,15 @@ from .identity import ModelIdentity, resolve_model
 from .results import EvalResults, LanguageResult, ModelResult, read_results, render_markdown
 from .run import evaluate_lm, evaluate_models
 from .settings import EvalSettings, parse_tasks
-from .tasks import HEADLINE_FILTER, LANGUAGES, MODES, EvalInputError, parse_languages
+from .tasks import HEADLINE_FILTER, LANGUAGES, MODES, parse_languages
 
 __all__ = [
     "HEADLINE_FILTER",
     "LANGUAGES",
     "MODES",
-    "EvalInputError",
     "EvalResults",
     "EvalSettings",
+    "InputError",
     "LanguageResult",
     "ModelIdentity",
     "ModelResult",

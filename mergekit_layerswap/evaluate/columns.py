@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import first_line
+from ..errors import InputError, first_line
 from .identity import fingerprint_dir
 from .quiet import quiet
 from .settings import EvalSettings
-from .tasks import HEADLINE_FILTER, EvalInputError, check_data_dir, mgsm_configs
+from .tasks import HEADLINE_FILTER, check_data_dir, mgsm_configs
 
 #: The headline metric when a task reports it with `HEADLINE_FILTER`.
 HEADLINE_METRIC = "exact_match"
@@ -72,7 +72,7 @@ def task_manager(settings: EvalSettings, task_set: TaskSet) -> Any:
 
 def _load_units(manager: Any, names: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """name -> its leaf tasks, loading each (YAML, data). KeyError when a name or a group
-    member is not in the index; EvalInputError, naming each, when a task fails to load."""
+    member is not in the index; InputError, naming each, when a task fails to load."""
     units, problems = {}, []
     for name in names:
         if name not in manager.task_index:
@@ -85,18 +85,18 @@ def _load_units(manager: Any, names: tuple[str, ...]) -> dict[str, tuple[str, ..
         except Exception as error:  # a bad YAML, unreadable data: lm-eval's own message
             problems.append(f"tasks: {name!r} cannot be loaded: {first_line(error)}")
     if problems:
-        raise EvalInputError(*problems)
+        raise InputError(problems)
     return units
 
 
 def resolve(settings: EvalSettings) -> TaskSet:
-    """The settings' columns, every one checked scorable; EvalInputError names each problem."""
+    """The settings' columns, every one checked scorable; InputError names each problem."""
     if settings.is_mgsm:
         check_data_dir(settings.data_dir, settings.languages)
         return mgsm_set(settings)
     include = settings.include_path
     if include is not None and not include.is_dir():
-        raise EvalInputError(
+        raise InputError(
             f"include path {include} is not a folder: give a folder of lm-eval task YAMLs"
         )
     digest = fingerprint_dir(include, recursive=True) if include is not None else None
@@ -114,11 +114,11 @@ def resolve(settings: EvalSettings) -> TaskSet:
             if name not in manager.task_index
         ]
         if unknown:
-            raise EvalInputError(*unknown) from None
+            raise InputError(unknown) from None
         try:
             units = _load_units(manager, settings.tasks)
         except KeyError as error:
-            raise EvalInputError(
+            raise InputError(
                 f"tasks: a group names an unknown task or group ({first_line(error)})"
             ) from None
     owner: dict[str, str] = {}
@@ -131,7 +131,7 @@ def resolve(settings: EvalSettings) -> TaskSet:
                 )
             owner.setdefault(column, unit)
     if problems:
-        raise EvalInputError(*problems)
+        raise InputError(problems)
     return TaskSet(units, mgsm=False, include_digest=digest, full_index=full)
 
 

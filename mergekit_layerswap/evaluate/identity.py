@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint import looks_local
-from ..errors import first_line
+from ..errors import InputError, first_line
 from .online import HUB_OFFLINE, offline_switch, probe_failure
-from .tasks import EvalInputError
 
 #: Files up to this size are hashed in full.
 _SMALL_FILE = 16 << 20
@@ -64,20 +63,20 @@ def fingerprint_dir(directory: Path, *, recursive: bool = False) -> str:
 
 
 def resolve_model(model: str) -> ModelIdentity:
-    """Identify a local model directory or a Hub id; raise EvalInputError if it is neither.
+    """Identify a local model directory or a Hub id; raise InputError if it is neither.
 
     What counts as a path is `checkpoint.looks_local`; a path is never looked up on the Hub.
     """
     if looks_local(model):
         path = Path(model).expanduser()
         if not path.is_dir():
-            raise EvalInputError(f"model directory not found: {model}")
+            raise InputError(f"model directory not found: {model}")
         if not (path / "config.json").is_file():
-            raise EvalInputError(f"not a model directory (no config.json): {model}")
+            raise InputError(f"not a model directory (no config.json): {model}")
         location = str(path.resolve())
         return ModelIdentity(model, "local", location, None, fingerprint_dir(path))
     if not offline_switch(HUB_OFFLINE) and (failure := probe_failure()):
-        raise EvalInputError(
+        raise InputError(
             f"{model!r} is not a local folder and the Hugging Face Hub is unreachable "
             f"({failure}): give the model's folder, or set HF_HUB_OFFLINE=1 to use a cached copy"
         )
@@ -94,7 +93,7 @@ def _hub_commit(repo_id: str) -> str:
         config = hf_hub_download(repo_id, "config.json")
     except Exception as error:  # offline, unknown repo, gated, network: all the same to the user
         reason = first_line(error)
-        raise EvalInputError(
+        raise InputError(
             f"{repo_id!r} is neither a local model directory nor a reachable Hugging Face Hub "
             f"model ({reason})"
         ) from error

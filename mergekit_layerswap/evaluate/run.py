@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .. import __version__
+from ..errors import InputError
 from . import columns
 from .columns import TaskSet
 from .identity import ModelIdentity, resolve_model
@@ -39,7 +40,7 @@ from .results import (
     write_results,
 )
 from .settings import EvalSettings
-from .tasks import HUB_DATASET, EvalInputError, task_manager, task_name, write_task_group
+from .tasks import HUB_DATASET, task_manager, task_name, write_task_group
 
 
 class LanguageRun(NamedTuple):
@@ -189,7 +190,7 @@ def _resolve_device(settings: EvalSettings) -> str:
     if settings.device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if settings.device.startswith("cuda") and not torch.cuda.is_available():
-        raise EvalInputError(f"device {settings.device!r} asked for, but torch sees no CUDA")
+        raise InputError(f"device {settings.device!r} asked for, but torch sees no CUDA")
     return settings.device
 
 
@@ -209,11 +210,11 @@ def load_lm(identity: ModelIdentity, settings: EvalSettings, device: str | None)
 
 
 def check_writable(directory: Path, what: str) -> None:
-    """EvalInputError unless `directory` is, or can be made as, a writable folder (nothing
+    """InputError unless `directory` is, or can be made as, a writable folder (nothing
     is created here)."""
     existing = next(path for path in (directory, *directory.absolute().parents) if path.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise EvalInputError(
+        raise InputError(
             f"cannot write to the {what} directory {directory}: {existing} is not a writable "
             "folder; choose another"
         )
@@ -222,18 +223,18 @@ def check_writable(directory: Path, what: str) -> None:
 def _previous_results(
     output_dir: Path, settings: EvalSettings, versions: dict[str, str]
 ) -> EvalResults | None:
-    """The results already in `output_dir`, if any; EvalInputError if they cannot be merged."""
+    """The results already in `output_dir`, if any; InputError if they cannot be merged."""
     path = output_dir / RESULTS_JSON
     if not path.exists():
         return None
     try:
         previous = read_results(path)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise EvalInputError(
+        raise InputError(
             f"{path} cannot be read as eval results ({error}): choose another --output"
         ) from None
     if changed := differences(previous, settings, versions):
-        raise EvalInputError(
+        raise InputError(
             f"{path} holds results for other settings ({'; '.join(changed)}): choose another "
             "--output (a results folder only gathers runs with the same settings)"
         )
@@ -259,13 +260,13 @@ def prepare(
     *,
     replace: bool = False,
 ) -> Prepared:
-    """Check every input before any model loads; raise one EvalInputError naming every problem."""
+    """Check every input before any model loads; raise one InputError naming every problem."""
     problems: list[str] = []
 
     def check(function: Callable[..., Any], *args: Any) -> Any:
         try:
             return function(*args)
-        except EvalInputError as error:
+        except InputError as error:
             problems.extend(error.problems)
             return None
 
@@ -286,7 +287,7 @@ def prepare(
         check(check_writable, cache_dir, "cache")
     previous = None if replace else check(_previous_results, output_dir, settings, versions)
     if problems:
-        raise EvalInputError(*problems)
+        raise InputError(problems)
     return Prepared(identities, device, versions, previous, task_set)
 
 
@@ -328,7 +329,7 @@ def evaluate_models(
     `results.json` from an earlier run stay there (a model scored again replaces its entry);
     results for other settings are refused, or with `replace` overwritten. Results are cached
     in `cache_dir` (default `output_dir/cache`): a repeated evaluation generates nothing.
-    Raises EvalInputError, before loading any model, for bad input. Returns this run's models.
+    Raises InputError, before loading any model, for bad input. Returns this run's models.
     """
     output_dir = Path(output_dir)
     cache = ResultCache(Path(cache_dir) if cache_dir is not None else output_dir / "cache")

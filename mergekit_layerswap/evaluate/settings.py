@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .tasks import LANGUAGES, MAX_FEWSHOT, MODES, EvalInputError, parse_languages
+from ..errors import InputError
+from .tasks import LANGUAGES, MAX_FEWSHOT, MODES, parse_languages
 
 
 def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -64,38 +65,38 @@ class EvalSettings:
         fix("tasks", parse_tasks(self.tasks))
         if self.tasks:
             if self.languages:
-                raise EvalInputError("give languages (MGSM) or tasks, not both")
+                raise InputError("give languages (MGSM) or tasks, not both")
             fix("languages", ())
             fix("data_dir", None)  # MGSM's only (it may come from MGSM_DATA_DIR)
             if self.num_fewshot is not None and self.num_fewshot < 0:
-                raise EvalInputError("num_fewshot must be at least 0")
+                raise InputError("num_fewshot must be at least 0")
         else:
             if self.include_path is not None:
-                raise EvalInputError("include_path needs tasks: name the tasks to score in it")
+                raise InputError("include_path needs tasks: name the tasks to score in it")
             fix("languages", parse_languages(self.languages or LANGUAGES))
             fix("num_fewshot", 0 if self.num_fewshot is None else self.num_fewshot)
             if not 0 <= self.num_fewshot <= MAX_FEWSHOT:
-                raise EvalInputError(f"num_fewshot must be 0..{MAX_FEWSHOT} (MGSM has 8 exemplars)")
+                raise InputError(f"num_fewshot must be 0..{MAX_FEWSHOT} (MGSM has 8 exemplars)")
         if self.mode not in MODES:
-            raise EvalInputError(f"unknown mode {self.mode!r}: choose from {', '.join(MODES)}")
+            raise InputError(f"unknown mode {self.mode!r}: choose from {', '.join(MODES)}")
         if self.limit is not None and self.limit < 1:
-            raise EvalInputError("limit must be at least 1")
+            raise InputError("limit must be at least 1")
         if self.max_gen_toks < 1:
-            raise EvalInputError("max_gen_toks must be at least 1")
+            raise InputError("max_gen_toks must be at least 1")
         if self.backend not in BACKENDS:
-            raise EvalInputError(f"unknown backend {self.backend!r}: choose from hf, vllm")
+            raise InputError(f"unknown backend {self.backend!r}: choose from hf, vllm")
         if self.batch_size is None:
             fix("batch_size", DEFAULT_HF_BATCH_SIZE if self.backend == "hf" else "auto")
         if self.batch_size != "auto" and not (
             isinstance(self.batch_size, int) and self.batch_size >= 1
         ):
-            raise EvalInputError(
+            raise InputError(
                 f"batch size must be a positive integer or 'auto', not {self.batch_size!r}"
             )
         if self.device is not None and not (
             self.device == "cpu" or self.device.split(":")[0] == "cuda"
         ):
-            raise EvalInputError(f"unknown device {self.device!r}: choose cpu or cuda[:N]")
+            raise InputError(f"unknown device {self.device!r}: choose cpu or cuda[:N]")
         for name in ("data_dir", "include_path"):
             if getattr(self, name) is not None:
                 fix(name, Path(getattr(self, name)).expanduser().resolve())

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from mergekit_layerswap.errors import InputError
+
 from .online import DATASETS_OFFLINE, offline_switch, probe_failure
 
 #: MGSM's 11 languages (Shi et al., 2022), as lm-eval names them.
@@ -25,14 +27,6 @@ HEADLINE_FILTER = "flexible-extract"
 GROUP = "mergekit_layerswap_mgsm"
 
 
-class EvalInputError(ValueError):
-    """Bad evaluation input (a language, a path, a backend): one line per problem."""
-
-    def __init__(self, *problems: str) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = list(problems)
-
-
 def task_name(mode: str, language: str) -> str:
     """lm-eval's task name, e.g. `mgsm_native_cot_sw`."""
     return f"mgsm_{mode}_{language}"
@@ -47,7 +41,7 @@ def parse_languages(spec: str | Sequence[str]) -> tuple[str, ...]:
     unknown = [code for code in codes if code not in LANGUAGES]
     if unknown or not codes:
         given = ", ".join(repr(code) for code in unknown) or "none"
-        raise EvalInputError(
+        raise InputError(
             f"unknown language code {given}: choose from {','.join(LANGUAGES)} or 'all'"
         )
     return tuple(dict.fromkeys(codes))
@@ -65,7 +59,7 @@ def _has_splits(source: str, language: str) -> bool:
 
 
 def check_data_dir(data_dir: Path | None, languages: Sequence[str]) -> None:
-    """Raise EvalInputError unless MGSM can be read for every language, without long retries.
+    """Raise InputError unless MGSM can be read for every language, without long retries.
 
     `data_dir` must have a train and a test split per language. Without it the Hub dataset is
     used: offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) it must be in the datasets cache;
@@ -76,20 +70,20 @@ def check_data_dir(data_dir: Path | None, languages: Sequence[str]) -> None:
         if switch := offline_switch(DATASETS_OFFLINE):
             missing = [code for code in languages if not _has_splits(HUB_DATASET, code)]
             if missing:
-                raise EvalInputError(
+                raise InputError(
                     f"no MGSM data: offline ({switch}) and {HUB_DATASET} ({','.join(missing)}) "
                     f"is not in the datasets cache; {use_local}"
                 )
         elif failure := probe_failure():
-            raise EvalInputError(
+            raise InputError(
                 f"no MGSM data: the Hugging Face Hub is unreachable ({failure}); {use_local}"
             )
         return
     if not data_dir.is_dir():
-        raise EvalInputError(f"MGSM data directory not found: {data_dir}")
+        raise InputError(f"MGSM data directory not found: {data_dir}")
     for language in languages:
         if not _has_splits(str(data_dir), language):
-            raise EvalInputError(
+            raise InputError(
                 f"{data_dir} is not laid out like the Hub dataset {HUB_DATASET}: no config "
                 f"{language!r} with train and test splits (e.g. {language}/test.jsonl)"
             )

@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mergekit_layerswap import card, checkpoint, hub, merge, validate
+from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.evaluate import columns
 from mergekit_layerswap.evaluate.columns import TaskSet
 from mergekit_layerswap.evaluate.identity import fingerprint_dir, resolve_model
 from mergekit_layerswap.evaluate.run import check_writable
 from mergekit_layerswap.evaluate.settings import EvalSettings
-from mergekit_layerswap.evaluate.tasks import EvalInputError
 from mergekit_layerswap.suite import leaderboard
-from mergekit_layerswap.suite.schema import Entry, Suite, SuiteError
+from mergekit_layerswap.suite.schema import Entry, Suite
 from mergekit_layerswap.suite.store import Store, digest, read_json, write_json
 from mergekit_layerswap.suite.sweep import InMemorySweep
 
@@ -78,25 +78,25 @@ def preflight(
     entries: tuple[Entry, ...], settings: EvalSettings, out: Path
 ) -> tuple[dict[str, str], TaskSet]:
     """Check everything a run needs before its first merge, every problem at once (a
-    SuiteError): the MGSM data folder or the tasks, every input model, the output folder.
+    InputError): the MGSM data folder or the tasks, every input model, the output folder.
     Returns the input models' fingerprints and the evaluation's columns."""
     problems, fingerprints, task_set = [], {}, None
     try:
         task_set = columns.resolve(settings)
-    except EvalInputError as error:
+    except InputError as error:
         where = "evaluation.data_dir" if settings.is_mgsm else "evaluation"
         problems += [f"{where}: {problem}" for problem in error.problems]
     for reference in sorted({ref for entry in entries for ref in _references(entry)}):
         try:
             fingerprints[reference] = _fingerprint(reference)
-        except (EvalInputError, OSError) as error:
+        except (InputError, OSError) as error:
             problems.append(f"models: {error}")
     try:
         check_writable(out, "output")
-    except EvalInputError as error:
+    except InputError as error:
         problems.append(str(error))
     if problems or task_set is None:
-        raise SuiteError(problems)
+        raise InputError(problems)
     return fingerprints, task_set
 
 

@@ -20,8 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator
 
 from mergekit_layerswap import checkpoint, validate
+from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.evaluate.settings import EvalSettings
-from mergekit_layerswap.evaluate.tasks import EvalInputError
 from mergekit_layerswap.suite import methods
 
 #: mergekit methods that draw random numbers: the suite fixes and records their seed.
@@ -40,14 +40,6 @@ def name_problem(name: object, where: str) -> str | None:
         f"{where}: {name!r} cannot be used as a name (it becomes a folder under OUT_DIR); "
         "use letters, digits, '.', '_' and '-', starting and ending with a letter or digit"
     )
-
-
-class SuiteError(ValueError):
-    """An invalid suite file; str() lists every problem, one per line."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 class _Strict(BaseModel):
@@ -148,13 +140,13 @@ class Suite:
     duplicates: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def select(self, names: list[str] | None) -> tuple[Entry, ...]:
-        """The entries named by `--only` (all when None); unknown names are a SuiteError."""
+        """The entries named by `--only` (all when None); unknown names are a InputError."""
         if not names:
             return self.entries
         known = {e.name for e in self.entries}
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise SuiteError([f"--only: no model named {n!r}; known: {', '.join(sorted(known))}"
+            raise InputError([f"--only: no model named {n!r}; known: {', '.join(sorted(known))}"
                               for n in unknown])  # fmt: skip
         return tuple(e for e in self.entries if e.name in names)
 
@@ -330,17 +322,17 @@ def _push_problems(push: Push | None, merged: set[str]) -> list[str]:
 
 
 def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
-    """Validate a loaded suite file; SuiteError lists every problem.
+    """Validate a loaded suite file; InputError lists every problem.
 
     Relative model paths, `evaluation.data_dir` and `evaluation.include_path` are taken from
     `base_dir` (the suite file's folder; default: the current folder).
     """
     if not isinstance(raw, dict):
-        raise SuiteError(["the suite file must be a mapping with models, merges, evaluation"])
+        raise InputError(["the suite file must be a mapping with models, merges, evaluation"])
     try:
         spec = SuiteFile.model_validate(raw)
     except ValidationError as error:
-        raise SuiteError(_pydantic_problems(error)) from None
+        raise InputError(_pydantic_problems(error)) from None
     problems: list[str] = []
     base = Path(base_dir or ".").resolve()
     aliases = _Aliases({}, base, problems)
@@ -374,13 +366,13 @@ def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
     evaluation = evaluation.model_copy(update=found)
     try:
         evaluation.settings()
-    except EvalInputError as error:
+    except InputError as error:
         problems.append(f"evaluation: {error}")
     if not entries:
         problems.append("nothing to do: add evaluate_inputs, merges or a sweep")
     problems += _push_problems(spec.push, {e.name for e in entries if e.kind != "input"})
     if problems:
-        raise SuiteError(problems)
+        raise InputError(problems)
     entries, duplicates = _without_duplicates(entries)
     return Suite(tuple(entries), evaluation, spec.keep_weights, aliases.targets, spec.push,
                  duplicates)  # fmt: skip
@@ -388,8 +380,4 @@ def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
 
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite YAML file (relative paths in it are from its folder)."""
-    try:
-        raw = validate.load(path)
-    except validate.ConfigError as error:
-        raise SuiteError(error.problems) from None
-    return parse_suite(raw, Path(path).resolve().parent)
+    return parse_suite(validate.load(path), Path(path).resolve().parent)

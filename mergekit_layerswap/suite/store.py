@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.merge import METADATA_FILE
-from mergekit_layerswap.suite.schema import SuiteError, name_problem
+from mergekit_layerswap.suite.schema import name_problem
 
 LOCK_FILE = ".layerswap-suite.lock"
 
@@ -81,18 +82,18 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the output folder for this run: a second run on it is a SuiteError naming
+        """Hold the output folder for this run: a second run on it is a InputError naming
         the first one's pid. The lock dies with its process (no stale lock after a kill)."""
         import fcntl
 
         try:
             if self.root.exists() and not self.root.is_dir():
-                raise SuiteError([f"{self.root}: exists and is not a folder; choose OUT_DIR"])
+                raise InputError([f"{self.root}: exists and is not a folder; choose OUT_DIR"])
             self.root.mkdir(parents=True, exist_ok=True)
             handle = (self.root / LOCK_FILE).open("a+")
         except OSError as error:
             reason = error.strerror or str(error)
-            raise SuiteError(
+            raise InputError(
                 [f"{self.root}: cannot write the output folder ({reason}); choose another OUT_DIR"]
             ) from None
         with handle:
@@ -103,7 +104,7 @@ class Store:
                     raise
                 handle.seek(0)
                 other = handle.read().strip() or "unknown"
-                raise SuiteError(
+                raise InputError(
                     [f"{self.root}: another suite run (pid {other}) is using this output folder; "
                      "wait for it to finish or choose another OUT_DIR"]
                 ) from None
