@@ -105,6 +105,8 @@ def _measure(mode: str, dirs: list[Path], out: Path) -> dict:
     import torch  # noqa: F401
 
     from mergekit_layerswap import analysis
+    from mergekit_layerswap.analysis.inputs import load_models, plan
+    from mergekit_layerswap.analysis.measure import stream
 
     start, cpu = time.perf_counter(), time.process_time()
     if mode == "read":
@@ -114,8 +116,8 @@ def _measure(mode: str, dirs: list[Path], out: Path) -> dict:
                 while handle.readinto(buffer):
                     pass
     elif mode == "stream":
-        models, layout = analysis._load(str(dirs[0]), [(d.name, str(d)) for d in dirs[1:]])
-        analysis._stream(models, analysis._plan(models[0], models[1:], layout), lambda _: None)
+        models, layout = load_models(str(dirs[0]), [(d.name, str(d)) for d in dirs[1:]])
+        stream(models, plan(models[0], models[1:], layout), lambda _: None)
     elif mode == "analyze":
         experts = [(d.name, str(d)) for d in dirs[1:]]
         analysis.analyze(str(dirs[0]), experts, out, host=experts[-1][0], donor=experts[0][0])

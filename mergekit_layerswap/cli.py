@@ -298,7 +298,7 @@ def _analyze(args: argparse.Namespace) -> int:
             args.base, [analysis.parse_expert(spec) for spec in args.experts], args.output,
             host=args.host, donor=args.donor, ratio=args.ratio, progress=not args.quiet,
         )  # fmt: skip
-    except analysis.AnalysisError as error:
+    except InputError as error:
         raise UsageError(str(error)) from None
     for path in result.files:
         print(f"wrote {path}")

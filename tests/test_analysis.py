@@ -290,7 +290,16 @@ def broken(family, make_model, tmp_path_factory) -> dict[str, Path]:
     shard_lost = root / "shard-lost"
     shutil.copytree(family["swahili"], shard_lost)
     (shard_lost / "model-00002-of-00002.safetensors").unlink()
-    return {"narrow": narrow, "shard_lost": shard_lost, "shallow": make_model("llama", 6)}
+    pickled = root / "pickled"
+    shutil.copytree(family["math"], pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    return {
+        "narrow": narrow,
+        "shard_lost": shard_lost,
+        "pickled": pickled,
+        "shallow": make_model("llama", 6),
+    }
 
 
 @pytest.mark.parametrize(
@@ -298,7 +307,8 @@ def broken(family, make_model, tmp_path_factory) -> dict[str, Path]:
     [
         (["a=narrow"], [], "expert 'a': tensor model.embed_tokens.weight has shape ["),
         (["a=shallow"], [], "expert 'a' has 6 layers, the base has 8"),
-        (["a=shard_lost"], [], "a: missing weight file"),
+        (["a=shard_lost"], [], "shard model-00002-of-00002.safetensors named in"),
+        (["a=pickled"], [], "holds pickled (.bin) weights; analyze reads safetensors"),
         (["a=/nonexistent/model"], [], "a: /nonexistent/model: no such model directory"),
         (["a=nobody/no-such-model"], [], "could not be fetched from the Hugging Face Hub"),
         (["a=math", "a=swahili"], [], "expert 'a' is given twice"),
