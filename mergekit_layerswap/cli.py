@@ -1,7 +1,8 @@
 """`mergekit-layerswap`: one argparse command line over the package's rooms.
 
-Each subcommand imports what it needs inside its handler, so `--help` and `validate`
-never import torch.
+Every subcommand is a pair: `_add_NAME` adds its parser (setting `handler`), `_NAME` runs it,
+importing what it needs inside, so `--help` and `validate` never import torch. Handlers let
+bad input (`InputError`) propagate: `main` prints it and exits 2.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.errors import InputError, first_line
+from mergekit_layerswap.options import LazyParser, add_merge_options, merge_options
 
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
+Subparsers = argparse._SubParsersAction
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = LazyParser(
         prog="mergekit-layerswap",
         description="Layer swapping for mergekit, scored on MGSM with lm-evaluation-harness.",
     )
@@ -27,60 +27,71 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="show the traceback when a run fails"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    merge = sub.add_parser("merge", help="run a mergekit config (layer_swap or any) atomically")
-    merge.add_argument("config", help="mergekit YAML config")
-    merge.add_argument("out", help="output folder (must not already hold a model)")
-    merge.add_argument("--cuda", action="store_true", help="do the arithmetic on the GPU")
-    merge.add_argument(
-        "--no-copy-tokenizer", dest="copy_tokenizer", action="store_false",
-        help="do not copy the host's tokenizer",
-    )  # fmt: skip
-    merge.add_argument("--random-seed", type=int, help="seed for randomized methods (DARE)")
-    merge.add_argument("--quiet", action="store_true", help="no progress bars")
-    merge.set_defaults(handler=_merge)
-
-    check = sub.add_parser("validate", help="report every problem of a layer_swap config")
-    check.add_argument("config", help="mergekit YAML config with merge_method: layer_swap")
-    check.set_defaults(handler=_validate)
-    # --- subcommands: each adds its parser here and sets `handler` ---
-    _add_eval(sub)
-    _add_suite(sub)
-    _add_analyze(sub)
-    _add_lab(sub)
-
-    card = sub.add_parser("card", help="write or refresh the model card of a layer_swap merge")
-    card.add_argument("model", metavar="MODEL_DIR", help="a merged model folder")
-    card.add_argument("--results", help="results.json (or its folder) from `eval` to include")
-    card.set_defaults(handler=_card)
-
-    push = sub.add_parser("push", help="upload a complete merged model to the Hugging Face Hub")
-    push.add_argument("model", metavar="MODEL_DIR", help="a merged model folder")
-    push.add_argument("--repo-id", required=True, help="NAMESPACE/NAME on the Hub")
-    push.add_argument("--private", action="store_true", help="create the repo as private")
-    push.add_argument("--revision", help="branch to upload to (created if missing)")
-    push.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
-    push.set_defaults(handler=_push)
+    for add in (
+        _add_merge,
+        _add_validate,
+        _add_eval,
+        _add_suite,
+        _add_analyze,
+        _add_lab,
+        _add_card,
+        _add_push,
+    ):
+        add(sub)
     return parser
 
 
-def _problems(path: str, error: Exception) -> UsageError:
-    lines = getattr(error, "problems", None) or [str(error)]
-    return UsageError(
-        f"{path}: " + "\n  ".join(lines)
-        if len(lines) == 1
-        else f"{path} is invalid:\n  " + "\n  ".join(lines)
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="change the YAML before it is checked, e.g. models.lang=org/expert, "
+        "evaluation.languages=[te,en], merges.0.dtype=float16 (each value is YAML)",
     )
+
+
+def _load(path: str, changes: list[str]) -> dict:
+    """The YAML mapping in `path`, with the command line's KEY=VALUE overrides applied."""
+    from mergekit_layerswap import overrides, validate
+
+    return overrides.apply(validate.load(path), changes)
+
+
+def _add_merge(sub: Subparsers) -> None:
+    merge = sub.add_parser(
+        "merge",
+        help="run a mergekit config (layer_swap or any) atomically, with mergekit-yaml's options",
+    )
+    merge.add_argument("config", help="mergekit YAML config")
+    merge.add_argument("out", help="output folder (must not already hold a model)")
+    _add_overrides(merge)
+    merge.later = add_merge_options  # they import torch: only once `merge` is parsed
+    merge.set_defaults(handler=_merge, input_file="config")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from mergekit_layerswap import merge
+
+    options = merge_options(args)
+    options.apply_global_options()  # logging level, threads, seed: as mergekit-yaml does
+    out = merge.run(_load(args.config, args.overrides), args.out, options)
+    print(f"merged into {out}")
+    return 0
+
+
+def _add_validate(sub: Subparsers) -> None:
+    check = sub.add_parser("validate", help="report every problem of a layer_swap config")
+    check.add_argument("config", help="mergekit YAML config with merge_method: layer_swap")
+    _add_overrides(check)
+    check.set_defaults(handler=_validate, input_file="config")
 
 
 def _validate(args: argparse.Namespace) -> int:
     from mergekit_layerswap import plan as slices
     from mergekit_layerswap import validate
 
-    try:
-        plan = validate.plan(validate.load(args.config))
-    except InputError as error:
-        raise _problems(args.config, error) from None
+    plan = validate.plan(_load(args.config, args.overrides))
     donors = [claim.donor for claim in plan.swap.claims]
     symbols = {plan.host: "H"} | {
         donor: "D" if len(donors) == 1 else f"D{i}" for i, donor in enumerate(donors, 1)
@@ -91,24 +102,7 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _merge(args: argparse.Namespace) -> int:
-    from mergekit_layerswap import merge, validate
-
-    try:
-        out = merge.run(
-            validate.load(args.config), args.out, cuda=args.cuda,
-            copy_tokenizer=args.copy_tokenizer, quiet=args.quiet, random_seed=args.random_seed,
-        )  # fmt: skip
-    except InputError as error:
-        raise _problems(args.config, error) from None
-    except merge.MergeError as error:
-        print(f"mergekit-layerswap merge: error: {error}", file=sys.stderr)
-        return 1
-    print(f"merged into {out}")
-    return 0
-
-
-def _add_eval(sub: argparse._SubParsersAction) -> None:
+def _add_eval(sub: Subparsers) -> None:
     ev = sub.add_parser(
         "eval", help="score models on MGSM (lm-eval's own mgsm_* tasks) or any lm-eval tasks"
     )
@@ -123,18 +117,19 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--mode", default="native_cot", help="native_cot (default), direct or en_cot")
     ev.add_argument(
-        "--num-fewshot", type=int,
+        "--num-fewshot",
+        type=int,
         help="exemplars (MGSM: 0-8, default 0; tasks: default each task's own)",
-    )  # fmt: skip
+    )
     ev.add_argument("--limit", type=int, help="only the first N problems per language")
     ev.add_argument("--batch-size", help="N or auto (default: 64 for hf, auto for vllm)")
     ev.add_argument("--max-gen-toks", type=int, default=256, help="default 256 (lm-eval's)")
     ev.add_argument("--backend", default="hf", help="hf (default) or vllm")
     ev.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
     ev.add_argument(
-        "--data-dir", help="local copy laid out like juletxara/mgsm (default: $MGSM_DATA_DIR, "
-        "else the Hub)"
-    )  # fmt: skip
+        "--data-dir",
+        help="local copy laid out like juletxara/mgsm (default: $MGSM_DATA_DIR, else the Hub)",
+    )
     ev.add_argument("--output", required=True, metavar="OUT_DIR", help="results folder")
     ev.add_argument("--cache-dir", help="result cache (default: OUT_DIR/cache)")
     ev.add_argument("--log-samples", action="store_true", help="also write per-sample generations")
@@ -146,62 +141,72 @@ def _eval(args: argparse.Namespace) -> int:
 
     batch_size = args.batch_size
     if args.tasks and args.data_dir:
-        raise UsageError("--data-dir is MGSM's: with --tasks, the task YAMLs say where data is")
-    try:
-        settings = evaluate.EvalSettings(
-            languages=args.languages, tasks=args.tasks or (), include_path=args.include_path,
-            mode=args.mode, num_fewshot=args.num_fewshot,
-            limit=args.limit, max_gen_toks=args.max_gen_toks, backend=args.backend,
-            batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
-            device=args.device, log_samples=args.log_samples,
-            **({"data_dir": args.data_dir} if args.data_dir else {}),
-        )  # fmt: skip
-        results = evaluate.evaluate_models(
-            args.models, settings, args.output, cache_dir=args.cache_dir
-        )
-    except InputError as error:
-        raise UsageError("\n  ".join(error.problems)) from None
+        raise InputError("--data-dir is MGSM's: with --tasks, the task YAMLs say where data is")
+    settings = evaluate.EvalSettings(
+        languages=args.languages,
+        tasks=args.tasks or (),
+        include_path=args.include_path,
+        mode=args.mode,
+        num_fewshot=args.num_fewshot,
+        limit=args.limit,
+        max_gen_toks=args.max_gen_toks,
+        backend=args.backend,
+        batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
+        device=args.device,
+        log_samples=args.log_samples,
+        **({"data_dir": args.data_dir} if args.data_dir else {}),
+    )
+    results = evaluate.evaluate_models(args.models, settings, args.output, cache_dir=args.cache_dir)
     print(evaluate.render_markdown(results))
     print(f"wrote {args.output}/results.json and results.md")
     return 0
 
 
-def _add_suite(sub: argparse._SubParsersAction) -> None:
+def _add_suite(sub: Subparsers) -> None:
     suite = sub.add_parser(
         "suite", help="merge every variant and baseline of a suite YAML, score all on MGSM, rank"
     )
     suite.add_argument("suite", help="suite YAML (see recipes/)")
     suite.add_argument("out", metavar="OUT_DIR", help="merges, results and leaderboard go here")
+    _add_overrides(suite)
     suite.add_argument("--limit", type=int, help="only the first N problems per language")
     suite.add_argument("--only", nargs="+", metavar="NAME", help="run only these entries")
     suite.add_argument("--data-dir", help="local MGSM copy (default: $MGSM_DATA_DIR, else Hub)")
     suite.add_argument("--dry-run", action="store_true", help="print the plan, touch no weights")
     suite.add_argument("--force", action="store_true", help="redo finished merges and scores")
     suite.add_argument("--cuda", action="store_true", help="merge on the GPU")
-    suite.set_defaults(handler=_suite)
+    suite.add_argument("--executor", choices=["local", "ray"], help="default: the suite's or local")
+    suite.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://HOST:PORT")
+    suite.set_defaults(handler=_suite, input_file="suite")
 
 
 def _suite(args: argparse.Namespace) -> int:
-    from mergekit_layerswap.errors import InputError
     from mergekit_layerswap.suite.runner import run_suite
-    from mergekit_layerswap.suite.schema import load_suite
+    from mergekit_layerswap.suite.schema import parse_suite
 
-    try:
-        suite = load_suite(args.suite)
-        run_suite(
-            suite, args.out, only=args.only, limit=args.limit, data_dir=args.data_dir,
-            dry_run=args.dry_run, force=args.force, cuda=args.cuda,
-        )  # fmt: skip
-    except InputError as error:
-        raise _problems(args.suite, error) from None
+    # relative paths in a suite are from its folder
+    suite = parse_suite(_load(args.suite, args.overrides), Path(args.suite).resolve().parent)
+    run_suite(
+        suite,
+        args.out,
+        only=args.only,
+        limit=args.limit,
+        data_dir=args.data_dir,
+        dry_run=args.dry_run,
+        force=args.force,
+        cuda=args.cuda,
+        executor=args.executor,
+        address=args.address,
+    )
     return 0
 
 
-def _add_lab(sub: argparse._SubParsersAction) -> None:
+def _add_lab(sub: Subparsers) -> None:
     lab = sub.add_parser(
-        "lab", help="layer swapping in miniature: tiny base + experts trained here, merged, "
+        "lab",
+        help="layer swapping in miniature: tiny base + experts trained here, merged, "
         "scored over seeds, with a verdict (CPU minutes)",
-    )  # fmt: skip
+    )
     lab.add_argument("out", metavar="OUT_DIR", help="models, suites, lab.json/md/png go here")
     lab.add_argument("--seeds", type=int, default=3, help="pipelines to run (default 3)")
     lab.add_argument("--language", default="sw", choices=["sw"], help="target language")
@@ -216,7 +221,6 @@ def _add_lab(sub: argparse._SubParsersAction) -> None:
 def _lab(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from mergekit_layerswap.errors import InputError
     from mergekit_layerswap.evaluate.run import check_writable
     from mergekit_layerswap.lab.run import LabSettings, run_lab
 
@@ -224,14 +228,18 @@ def _lab(args: argparse.Namespace) -> int:
         settings = LabSettings(
             seeds=args.seeds, language=args.language, device=args.device, size=args.size
         )
-        check_writable(Path(args.out), "output")
     except ValidationError as error:
-        problems = [f"--{item['loc'][0]}: {item['msg']}" for item in error.errors()]
-        raise UsageError("; ".join(problems)) from None
-    except InputError as error:
-        raise UsageError(str(error)) from None
+        raise InputError([f"--{e['loc'][0]}: {e['msg']}" for e in error.errors()]) from None
+    check_writable(Path(args.out), "output")
     run_lab(args.out, settings)
     return 0
+
+
+def _add_card(sub: Subparsers) -> None:
+    card = sub.add_parser("card", help="write or refresh the model card of a layer_swap merge")
+    card.add_argument("model", metavar="MODEL_DIR", help="a merged model folder")
+    card.add_argument("--results", help="results.json (or its folder) from `eval` to include")
+    card.set_defaults(handler=_card)
 
 
 def _card(args: argparse.Namespace) -> int:
@@ -241,25 +249,32 @@ def _card(args: argparse.Namespace) -> int:
     try:
         results = read_results(args.results) if args.results else None
         path = card.write_card(args.model, results)
-    except (OSError, ValueError) as error:
-        raise UsageError(str(error)) from None
+    except (OSError, ValueError) as error:  # card.py and read_results raise plain ValueErrors
+        raise InputError(str(error)) from None
     print(f"wrote {path}")
     return 0
+
+
+def _add_push(sub: Subparsers) -> None:
+    push = sub.add_parser("push", help="upload a complete merged model to the Hugging Face Hub")
+    push.add_argument("model", metavar="MODEL_DIR", help="a merged model folder")
+    push.add_argument("--repo-id", required=True, help="NAMESPACE/NAME on the Hub")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument("--revision", help="branch to upload to (created if missing)")
+    push.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
+    push.set_defaults(handler=_push)
 
 
 def _push(args: argparse.Namespace) -> int:
     from mergekit_layerswap import hub
 
-    try:
-        upload = hub.push(
-            args.model, args.repo_id, private=args.private, revision=args.revision,
-            dry_run=args.dry_run,
-        )  # fmt: skip
-    except InputError as error:
-        raise UsageError(str(error)) from None
-    except hub.UploadError as error:
-        print(f"mergekit-layerswap push: error: {error}", file=sys.stderr)
-        return 1
+    upload = hub.push(
+        args.model,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        dry_run=args.dry_run,
+    )
     for path, size in upload.files:
         print(f"  {size / 1e6:10.1f} MB  {path}")
     total = f"{len(upload.files)} files, {upload.total_bytes / 1e9:.2f} GB"
@@ -270,22 +285,28 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_analyze(sub: argparse._SubParsersAction) -> None:
+def _add_analyze(sub: Subparsers) -> None:
     an = sub.add_parser(
         "analyze", help="where did each expert change? per-layer figures, plots, a suggested swap"
     )
     an.add_argument("--base", required=True, metavar="MODEL", help="the experts' shared base")
     an.add_argument(
-        "--expert", action="append", required=True, dest="experts", metavar="NAME=MODEL",
+        "--expert",
+        action="append",
+        required=True,
+        dest="experts",
+        metavar="NAME=MODEL",
         help="a fine-tune of the base (local folder or Hub id); repeat for every expert",
-    )  # fmt: skip
+    )
     an.add_argument("--output", required=True, metavar="OUT_DIR", help="results folder")
     an.add_argument("--host", metavar="NAME", help="expert that keeps its middle layers")
     an.add_argument("--donor", metavar="NAME", help="expert whose outer layers are swapped in")
     an.add_argument(
-        "--ratio", type=float, default=1.0,
+        "--ratio",
+        type=float,
+        default=1.0,
         help="a layer is the donor's when its change exceeds RATIO x the host's (default 1)",
-    )  # fmt: skip
+    )
     an.add_argument("--quiet", action="store_true", help="no progress bar")
     an.set_defaults(handler=_analyze)
 
@@ -293,18 +314,39 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 def _analyze(args: argparse.Namespace) -> int:
     from mergekit_layerswap import analysis
 
-    try:
-        result = analysis.analyze(
-            args.base, [analysis.parse_expert(spec) for spec in args.experts], args.output,
-            host=args.host, donor=args.donor, ratio=args.ratio, progress=not args.quiet,
-        )  # fmt: skip
-    except InputError as error:
-        raise UsageError(str(error)) from None
+    result = analysis.analyze(
+        args.base,
+        [analysis.parse_expert(spec) for spec in args.experts],
+        args.output,
+        host=args.host,
+        donor=args.donor,
+        ratio=args.ratio,
+        progress=not args.quiet,
+    )
     for path in result.files:
         print(f"wrote {path}")
     if result.suggestion is not None:
         print(f"suggestion: {result.suggestion.describe()}")
     return 0
+
+
+def _problems(error: InputError, file: str | None) -> str:
+    """An InputError as printed: its problems, one a line, after `FILE: ` (one) or under
+    `FILE is invalid:` (several) when they belong to a file (once, though one names it)."""
+    if file is None:
+        return "\n  ".join(error.problems)
+    lines = [problem.removeprefix(f"{file}: ") for problem in error.problems]
+    if len(lines) == 1:
+        return f"{file}: {lines[0]}"
+    return f"{file} is invalid:\n  " + "\n  ".join(lines)
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    """Our errors for a run that failed outside its input (disk, Hub): one line, exit 1."""
+    from mergekit_layerswap.hub import UploadError
+    from mergekit_layerswap.merge import MergeError
+
+    return MergeError, UploadError
 
 
 def _is_fault(error: Exception) -> bool:
@@ -319,24 +361,34 @@ def _fault(error: Exception) -> str:
     if isinstance(error, OSError) and error.filename is not None and error.strerror:
         files = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
         return f"{files}: {error.strerror}"
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return first_line(error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command: 0 done, 2 bad input (one line per problem), 1 a run that failed (one
     line naming what failed; `-v` shows the traceback instead)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and ("overrides" not in args or any(arg.startswith("-") for arg in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # KEY=VALUE after an option: argparse leaves them over
+        args.overrides += extra
     prefix = f"mergekit-layerswap {args.command}"
     try:
         return args.handler(args) or 0
-    except UsageError as error:
-        print(f"{prefix}: error: {error}", file=sys.stderr)
+    except InputError as error:
+        file = getattr(args, args.input_file) if "input_file" in args else None
+        print(f"{prefix}: error: {_problems(error, file)}", file=sys.stderr)
         return 2
     except Exception as error:
-        if args.verbose or not _is_fault(error):
+        if args.verbose:
             raise
-        print(f"{prefix}: failed: {_fault(error)} (-v shows the traceback)", file=sys.stderr)
+        if isinstance(error, _failures()):
+            print(f"{prefix}: error: {error}", file=sys.stderr)
+        elif _is_fault(error):
+            print(f"{prefix}: failed: {_fault(error)} (-v shows the traceback)", file=sys.stderr)
+        else:
+            raise
         return 1
 
 

@@ -1,11 +1,12 @@
 """Run a mergekit config into a folder, all or nothing.
 
-Before any work: the config (for `layer_swap`: every problem, from config.json files only)
-and the output path (a new or empty folder, not a symbolic link, not under a file) are
-checked, every problem at once. mergekit writes into a hidden sibling `.NAME.partial-PID`,
-which also holds the merged LoRA donors (`model+adapter`) until the merge ends; the folder is
-renamed into place only once it is a complete model (`complete.problems`), with a card that
-names the final folder. Partials of the same output name left by killed merges are removed.
+Before any work: the config (for `layer_swap`: every problem, from config.json files only),
+the output path (a new or empty folder, not a symbolic link, not under a file) and the
+options are checked, every problem at once. mergekit writes into a hidden sibling
+`.NAME.partial-PID`, which also holds the merged LoRA donors (`model+adapter`) until the
+merge ends unless `lora_merge_cache` names a folder for them; the folder is renamed into
+place only once it is a complete model (`complete.problems`), with a card that names the
+final folder. Partials of the same output name left by killed merges are removed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ METADATA_FILE = "layerswap-merge.json"
 #: Inside the partial folder: mergekit's cache of LoRA donors merged into their base models.
 LORA_CACHE = ".lora-merged"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+#: MergeOptions a rerun needs to write the same model: the saved config's first line (the
+#: `mergekit-yaml` command) repeats those that differ from mergekit's defaults.
+_REPRODUCED = (
+    "allow_crimes",
+    "unsafe_truncate_embeddings",
+    "trust_remote_code",
+    "lora_merge_dtype",
+    "out_shard_size",
+    "copy_tokenizer",
+    "clone_tensors",
+    "random_seed",
+)
 
 
 class MergeError(RuntimeError):
@@ -65,14 +78,19 @@ def check_output(out_path: str | Path) -> Path:
     return out
 
 
-def check(raw: dict, out_path: str | Path) -> Path:
-    """The output folder, once config and output path are valid (InputError lists every
-    problem of both)."""
+def check(raw: dict, out_path: str | Path, options: MergeOptions | None = None) -> Path:
+    """The output folder, once config, output path and options are valid (InputError lists
+    every problem of all three)."""
     problems = validate.check(raw) if raw.get("merge_method") == validate.METHOD else []
     try:
         out = check_output(out_path)
     except InputError as error:
         problems.append(str(error))
+    if options is not None and not options.safe_serialization:
+        problems.append(
+            "--no-safe-serialization: merge writes safetensors only (its completeness check "
+            "reads their headers); use mergekit-yaml for .bin output"
+        )
     if problems:
         raise InputError(problems)
     return out
@@ -156,8 +174,10 @@ def _finish(
     options: MergeOptions,
     source: str,
     logged: list[logging.LogRecord],
+    card: bool,
 ) -> None:
-    """Card, config and checks on a merged `partial`; MergeError if it is not complete."""
+    """Config, checks and (if `card`) the card on a merged `partial`; MergeError if it is not
+    complete."""
     import mergekit.merge
 
     shutil.rmtree(partial / LORA_CACHE, ignore_errors=True)
@@ -172,61 +192,71 @@ def _finish(
     for record in logged:  # a donor without a tokenizer: mergekit's own error, as before
         logging.getLogger(record.name).handle(record)
     # the hooked generate_card: ours for layer_swap, mergekit's for other methods
-    card = mergekit.merge.generate_card(config=config, config_yaml=source, name=out.name)
-    (partial / CARD_FILE).write_text(card, encoding="utf-8")
+    if card:
+        text = mergekit.merge.generate_card(config=config, config_yaml=source, name=out.name)
+        (partial / CARD_FILE).write_text(text, encoding="utf-8")
     (partial / CONFIG_FILE).write_text(source, encoding="utf-8")
     problems = complete.problems(partial, tokenizer=expected)
     if problems:
         raise MergeError(f"the merge is incomplete ({'; '.join(problems)}); nothing was written")
 
 
+def reproduce_command(options: MergeOptions) -> str:
+    """The `mergekit-yaml` command that writes the same model from the saved config: the
+    options in _REPRODUCED that differ from mergekit's defaults, spelled as mergekit does."""
+    defaults = type(options)()
+    flags = [f"mergekit-yaml {CONFIG_FILE} OUT"]
+    for name in _REPRODUCED:
+        value, flag = getattr(options, name), "--" + name.replace("_", "-")
+        if value == getattr(defaults, name):
+            continue
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            flags.append(f"{flag} {value}")
+    return " ".join(flags)
+
+
 def run(
     raw: dict,
     out_path: str | Path,
+    options: MergeOptions | None = None,
     *,
-    cuda: bool = False,
-    copy_tokenizer: bool = True,
-    quiet: bool = False,
-    random_seed: int | None = None,
     metadata: dict | None = None,
 ) -> Path:
-    """Merge `raw` (a loaded mergekit config) into `out_path` atomically; returns the folder.
+    """Merge `raw` (a loaded mergekit config) into `out_path` atomically with mergekit's
+    `options` (default: mergekit's defaults); returns the folder.
 
-    InputError lists every problem of the config and the output path, before any work;
-    MergeError says why a merge that ran left nothing (a full disk: "disk full").
+    InputError lists every problem of the config, the output path and the options, before
+    any work; MergeError says why a merge that ran left nothing (a full disk: "disk full").
+    `options.write_model_card` writes our card, which names the final folder, not mergekit's.
     `metadata`, if given, is written to METADATA_FILE inside the folder before it appears.
     The saved mergekit_config.yml says how plain `mergekit-yaml` reproduces the merge.
     """
-    out = check(raw, out_path)
+    out = check(raw, out_path, options)
 
     import mergekit.merge
     from mergekit.config import MergeConfiguration
-    from mergekit.merge import MergeOptions
-
-    # importing the hook registers layer_swap (and its checks) if the .pth did not
-    from mergekit_layerswap import _hook  # noqa: F401
+    from mergekit.options import MergeOptions
 
     config = MergeConfiguration.model_validate(raw)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
-    options = MergeOptions(
-        cuda=cuda,
-        copy_tokenizer=copy_tokenizer,
-        quiet=quiet,
-        random_seed=random_seed,
-        lora_merge_cache=str(partial / LORA_CACHE),
-        write_model_card=False,  # mergekit would name the card after the partial folder
+    options = options or MergeOptions()
+    card = options.write_model_card
+    options = options.model_copy(
+        update={
+            "lora_merge_cache": options.lora_merge_cache or str(partial / LORA_CACHE),
+            "write_model_card": False,  # mergekit would name the card after the partial folder
+        }
     )
-    seed = f" --random-seed {random_seed}" if random_seed is not None else ""
-    source = f"# reproduce: mergekit-yaml {CONFIG_FILE} OUT{seed}\n" + yaml.safe_dump(
-        raw, sort_keys=False
-    )
+    source = f"# reproduce: {reproduce_command(options)}\n" + yaml.safe_dump(raw, sort_keys=False)
     try:
         with _held_errors(mergekit.merge.__name__) as logged:
             mergekit.merge.run_merge(config, str(partial), options=options, config_source=source)
-        _finish(partial, out, config, options, source, logged)
+        _finish(partial, out, config, options, source, logged, card)
         if metadata is not None:
             (partial / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
         if out.exists():
