@@ -1,0 +1,66 @@
+"""Where a suite's tasks run: `local` (in this process, one after another: the default) or
+`ray` (every merge and evaluation a Ray task, in parallel over a Ray cluster).
+
+This module holds only the settings (the suite file's `executor:` section, which the
+command's `--executor`/`--address` override) and the check that Ray is installed;
+`suite.ray_run` runs the graph.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt
+
+from mergekit_layerswap.errors import InputError
+
+INSTALL_HINT = "pip install 'mergekit-layerswap[ray]'"
+
+
+class ExecutorSettings(BaseModel):
+    """The suite file's `executor:` section.
+
+    `address`: None starts a Ray cluster on this machine; `auto` joins the one `ray start`
+    runs here; `HOST:PORT` or `ray://HOST:10001` joins a remote one. `gpus_per_eval: None`
+    means 1 when the cluster has a GPU, else 0. `max_retries`: how often a task whose worker
+    died is run again.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None
+    gpus_per_merge: NonNegativeFloat = 0
+    gpus_per_eval: NonNegativeFloat | None = None
+    cpus_per_task: NonNegativeFloat = 1
+    max_retries: NonNegativeInt = 3
+    shared_storage_timeout: float = Field(default=60, gt=0)  # seconds per node to answer
+
+
+def choose(
+    settings: ExecutorSettings, kind: str | None = None, address: str | None = None
+) -> ExecutorSettings:
+    """The suite file's settings with the command line's `--executor`/`--address` applied;
+    InputError for `--address` with the local executor or Ray not installed."""
+    update = {name: value for name, value in (("kind", kind), ("address", address)) if value}
+    chosen = settings.model_copy(update=update)
+    if chosen.kind == "local" and chosen.address is not None:
+        raise InputError(
+            "executor.address (--address): joining a Ray cluster needs the ray executor "
+            "(--executor ray or executor: {kind: ray})"
+        )
+    if chosen.kind == "ray":
+        require_ray()
+    return chosen
+
+
+def require_ray() -> ModuleType:
+    """The `ray` module, or InputError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError(
+            f"executor ray: Ray is not installed; install it with {INSTALL_HINT}"
+        ) from None
+    return ray
