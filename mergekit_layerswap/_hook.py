@@ -1,55 +1,34 @@
 """Imported at interpreter start-up by `mergekit_layerswap.pth`; must stay tiny.
 
 mergekit 0.1.5 has no plugin discovery. This installs an import hook that waits for
-mergekit's own modules: right after `mergekit.merge_methods` finishes importing it registers
-`layer_swap`, right after `mergekit.config` and `mergekit.plan` it installs the
-configuration checks (where mergekit parses a config, and where it plans one), and right
-after `mergekit.merge` it makes layer_swap merges get our model card. Nothing
-(not torch, not mergekit) is imported until a program imports mergekit itself.
+mergekit's own modules: right after `mergekit.merge_methods` finishes importing it imports
+`mergekit_layerswap.method` (which registers `layer_swap`), and right after `mergekit.config`,
+`mergekit.plan` and `mergekit.merge` it applies the matching patch of `patches`. Nothing (not
+torch, not mergekit) is imported until a program imports mergekit itself.
 """
 
+import importlib
 import sys
 
-_METHOD = "mergekit_layerswap.method"
-#: Callbacks that fired while our method module was still importing (it imports mergekit).
-_DEFERRED: list = []
 
-
-def _call(attribute: str, module) -> None:
-    method = sys.modules[_METHOD]
-    if attribute == "register":
-        method.register()
-    else:
-        getattr(method, attribute)(module)
-
-
-def _later(attribute: str):
-    """A callback running `mergekit_layerswap.method.<attribute>`, or deferring it to the
-    end of that module's own import when it is the one importing mergekit."""
-
+def _patch(name: str):
     def callback(module) -> None:
-        owner = sys.modules.get(_METHOD)
-        if owner is not None and getattr(owner.__spec__, "_initializing", False):
-            _DEFERRED.append((attribute, module))
-            return
-        import mergekit_layerswap.method  # noqa: F401
-
-        _call(attribute, module)
+        getattr(importlib.import_module("mergekit_layerswap.patches"), name)(module)
 
     return callback
 
 
-def run_deferred() -> None:
-    """Run the callbacks deferred while mergekit_layerswap.method imported (its last line)."""
-    while _DEFERRED:
-        _call(*_DEFERRED.pop(0))
+def _register(_module) -> None:
+    # a no-op when our method module is itself the one importing mergekit: it registers
+    # the method on its last line
+    importlib.import_module("mergekit_layerswap.method")
 
 
 _WATCHED = {
-    "mergekit.merge_methods": _later("register"),
-    "mergekit.config": _later("guard_config"),
-    "mergekit.plan": _later("guard_planner"),
-    "mergekit.merge": _later("guard_card"),
+    "mergekit.merge_methods": _register,
+    "mergekit.config": _patch("guard_config"),
+    "mergekit.plan": _patch("guard_planner"),
+    "mergekit.merge": _patch("guard_card"),
 }
 
 

@@ -78,13 +78,9 @@ class ArchitectureInfo:
 class ModelInfo:
     """A model's identity and shape, from its config.json."""
 
-    reference: str
     architecture: str
     num_layers: int
-    hidden_size: int | None
-    vocab_size: int | None
     tie_word_embeddings: bool
-    dtype: str | None
     #: the config.json fields that shape tensors (SHAPE_FIELDS), where the config sets them
     shape: tuple[tuple[str, object], ...] = ()
 
@@ -242,13 +238,9 @@ def model_info(reference: str) -> ModelInfo:
     # transformers ties the head to the embeddings when the key is absent
     tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
     return ModelInfo(
-        reference=reference,
         architecture=arch.name,
         num_layers=num_layers,
-        hidden_size=text.get("hidden_size"),
-        vocab_size=text.get("vocab_size"),
         tie_word_embeddings=tied,
-        dtype=config.get("dtype") or config.get("torch_dtype"),
         shape=tuple((key, text[key]) for key in SHAPE_FIELDS if text.get(key) is not None),
     )
 

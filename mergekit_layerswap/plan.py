@@ -6,7 +6,7 @@ same source weights into one slice whose sources are exactly those models; merge
 reads, for each output tensor, only what it needs. Zero-length first and last slices carry
 the sources of the embeddings and of the final norm / head (mergekit takes those from the
 first and the last slice). `text_map` prints the same runs as `validate` shows them. Pure
-Python: mergekit glue lives in `method.py`.
+Python: mergekit glue lives in `patches.py`.
 """
 
 from __future__ import annotations

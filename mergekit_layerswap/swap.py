@@ -22,33 +22,99 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, NonNegativeInt
+from pydantic import dataclasses as pydantic_dataclasses
 
 LayerWeights = Mapping[Hashable, float]
 
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+_STRICT = ConfigDict(strict=True, extra="forbid")
+
+# The swap parameters are declared here and only here: each field after `donor` (Claim) or
+# after `host`/`claims` (SwapConfig) is a layer_swap parameter. Validation, the mergekit
+# method's signature, the suite's sweep grid and the variant names are derived from these
+# fields (`description`: the fix shown for a bad value; `short`: the code in sweep names).
 
 
-@dataclass(frozen=True)
+@pydantic_dataclasses.dataclass(frozen=True, config=_STRICT)
 class Claim:
-    """The layers one donor takes over."""
+    """The layers one donor takes over: `models[i].parameters` of a donor."""
 
-    donor: Hashable
-    bottom: int = 0
-    top: int = 0
-    layers: str = ""
+    donor: Any
+    bottom: NonNegativeInt = Field(
+        0,
+        description="use a whole number >= 0 (how many of the donor's first layers to take)",
+        json_schema_extra={"short": "b"},
+    )
+    top: NonNegativeInt = Field(
+        0,
+        description="use a whole number >= 0 (how many of the donor's last layers to take)",
+        json_schema_extra={"short": "t"},
+    )
+    layers: str = Field(
+        "",
+        description='use a quoted string of inclusive ranges, e.g. layers: "13-22" or "0-4,30-31"',
+        json_schema_extra={"short": "l"},
+    )
+
+    @property
+    def claims_nothing(self) -> bool:
+        """Whether no layer is claimed (bottom, top and layers unset)."""
+        return not (self.bottom or self.top or self.layers.strip())
 
 
-@dataclass(frozen=True)
+@pydantic_dataclasses.dataclass(frozen=True, config=_STRICT)
 class SwapConfig:
-    """A host model plus the donors' claims and the transition width."""
+    """A host model plus the donors' claims and the parameters of the whole merge."""
 
-    host: Hashable
-    claims: tuple[Claim, ...] = field(default_factory=tuple)
-    transition: int = 0
-    embed_source: str = "auto"  # "auto": follow layer 0; "base": the host's
-    head_source: str = "auto"  # "auto": follow the last layer; "base": the host's
+    host: Any
+    claims: tuple[Claim, ...] = ()
+    transition: NonNegativeInt = Field(
+        0,
+        description="use a whole number >= 0 (blended layers beside each swapped block; 0 = none)",
+        json_schema_extra={"short": "tr"},
+    )
+    embed_source: Literal["auto", "base"] = Field(
+        "auto",
+        description='"auto" follows the source of layer 0; "base" keeps the host\'s',
+        json_schema_extra={"short": "embed"},
+    )
+    head_source: Literal["auto", "base"] = Field(
+        "auto",
+        description='"auto" follows the source of the last layer; "base" keeps the host\'s',
+        json_schema_extra={"short": "head"},
+    )
+
+
+def donor_parameters() -> dict[str, Any]:
+    """The per-donor parameters: name -> pydantic FieldInfo (default, annotation, ...)."""
+    return {f.name: Claim.__pydantic_fields__[f.name] for f in fields(Claim)[1:]}
+
+
+def shared_parameters() -> dict[str, Any]:
+    """The parameters of the whole merge: name -> pydantic FieldInfo."""
+    return {f.name: SwapConfig.__pydantic_fields__[f.name] for f in fields(SwapConfig)[2:]}
+
+
+def fix(name: str) -> str:
+    """How to write parameter `name` correctly (its field description)."""
+    return (donor_parameters() | shared_parameters())[name].description
+
+
+def variant_name(claim: Claim, config: SwapConfig) -> str:
+    """A name for a one-donor swap, from the parameters that differ from their defaults
+    (`transition` always shows): e.g. ``swap-b5-t2-tr1`` or ``swap-l13-22-tr0``."""
+    parts = []
+    for owner, found in ((claim, donor_parameters()), (config, shared_parameters())):
+        for name, info in found.items():
+            value = getattr(owner, name)
+            if value != info.default or name == "transition":
+                parts.append(f"{info.json_schema_extra['short']}{value}".replace(",", "_"))
+    return "swap-" + "-".join(parts)
 
 
 @dataclass(frozen=True)
@@ -103,20 +169,12 @@ def format_ranges(layers: list[int]) -> str:
     return ",".join(parts)
 
 
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _claimed_layers(claim: Claim, num_layers: int, problems: list[Problem]) -> dict[int, str]:
     """Map each layer this claim takes to the field that claims it; record problems."""
     pieces: list[tuple[str, int, int]] = []
     for name in ("bottom", "top"):
         count = getattr(claim, name)
-        if not _is_count(count):
-            problems.append(
-                Problem(name, f"{name} must be a non-negative integer, got {count!r}", claim.donor)
-            )
-        elif count > num_layers:
+        if count > num_layers:
             problems.append(
                 Problem(
                     name,
@@ -128,32 +186,23 @@ def _claimed_layers(claim: Claim, num_layers: int, problems: list[Problem]) -> d
         elif count:
             start = 0 if name == "bottom" else num_layers - count
             pieces.append((f"{name}={count}", start, start + count - 1))
-    if not isinstance(claim.layers, str):
-        problems.append(
-            Problem(
-                "layers",
-                f'layers must be a string of ranges like "13-22", got {claim.layers!r}',
-                claim.donor,
-            )
-        )
-    else:
-        try:
-            ranges = parse_ranges(claim.layers)
-        except ValueError as error:
-            problems.append(Problem("layers", f"layers: {error}", claim.donor))
-            ranges = []
-        for start, end in ranges:
-            if end >= num_layers:
-                problems.append(
-                    Problem(
-                        "layers",
-                        f"layers range {start}-{end} is out of bounds: "
-                        f"the model has layers 0-{num_layers - 1}",
-                        claim.donor,
-                    )
+    try:
+        ranges = parse_ranges(claim.layers)
+    except ValueError as error:
+        problems.append(Problem("layers", f"layers: {error}", claim.donor))
+        ranges = []
+    for start, end in ranges:
+        if end >= num_layers:
+            problems.append(
+                Problem(
+                    "layers",
+                    f"layers range {start}-{end} is out of bounds: "
+                    f"the model has layers 0-{num_layers - 1}",
+                    claim.donor,
                 )
-            else:
-                pieces.append((f"layers {start}-{end}", start, end))
+            )
+        else:
+            pieces.append((f"layers {start}-{end}", start, end))
 
     owned: dict[int, str] = {}
     for label, start, end in pieces:
@@ -204,7 +253,7 @@ def _analyse(
     config: SwapConfig, num_layers: int
 ) -> tuple[list[Problem], list[dict[Hashable, float]]]:
     problems: list[Problem] = []
-    if not _is_count(num_layers) or num_layers < 1:
+    if not isinstance(num_layers, int) or num_layers < 1:
         return [
             Problem("models", f"layer count must be a positive integer, got {num_layers!r}")
         ], []
@@ -228,7 +277,7 @@ def _analyse(
     claimed_by: dict[int, tuple[Hashable, str]] = {}
     for claim in config.claims:
         owned = _claimed_layers(claim, num_layers, problems)
-        if (claim.bottom, claim.top) == (0, 0) and str(claim.layers).strip() == "":
+        if claim.claims_nothing:
             problems.append(
                 Problem(
                     "models",
@@ -254,12 +303,6 @@ def _analyse(
                 owner[layer] = claim.donor
 
     t = config.transition
-    if not _is_count(t):
-        problems.append(
-            Problem("transition", f"transition must be a non-negative integer, got {t!r}")
-        )
-        t = 0
-
     weights: list[dict[Hashable, float]] = [
         {config.host: 1.0} if donor is None else {donor: 1.0} for donor in owner
     ]

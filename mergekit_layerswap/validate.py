@@ -7,14 +7,15 @@ names the field and the fix. It reads the models' config.json files and safetens
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
+from pydantic import ValidationError
 
 from mergekit_layerswap import checkpoint, swap
 from mergekit_layerswap.errors import InputError
@@ -30,42 +31,15 @@ MERGEKIT_KEYS = frozenset(
 )  # fmt: skip
 
 
-class DonorParameters(BaseModel):
-    """`models[i].parameters` of a donor."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    bottom: NonNegativeInt = 0
-    top: NonNegativeInt = 0
-    layers: str = ""
-
-
-class SwapParameters(BaseModel):
-    """The top-level `parameters` of a layer_swap merge."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    transition: NonNegativeInt = 0
-    embed_source: Literal["auto", "base"] = "auto"
-    head_source: Literal["auto", "base"] = "auto"
-
-
-_FIXES = {
-    "bottom": "use a whole number >= 0 (how many of the donor's first layers to take)",
-    "top": "use a whole number >= 0 (how many of the donor's last layers to take)",
-    "layers": 'use a quoted string of inclusive ranges, e.g. layers: "13-22" or "0-4,30-31"',
-    "transition": "use a whole number >= 0 (blended layers beside each swapped block; 0 = none)",
-    "embed_source": '"auto" follows the source of layer 0; "base" keeps the host\'s',
-    "head_source": '"auto" follows the source of the last layer; "base" keeps the host\'s',
-}
-
-
 @dataclass(frozen=True)
 class LayerSwapPlan:
-    """A checked configuration: the host, the swap rule's config and the models' facts."""
+    """A checked configuration: the host, the swap rule's config, the layer count and the
+    host's mergekit architecture name."""
 
     host: str
     swap: swap.SwapConfig
     num_layers: int
-    models: dict[str, checkpoint.ModelInfo]
+    architecture: str
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -113,36 +87,41 @@ def reference(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def _pydantic_problems(prefix: str, error: ValidationError, known: list[str]) -> list[str]:
-    problems = []
-    for item in error.errors():
-        name = str(item["loc"][0]) if item["loc"] else ""
-        if item["type"] == "extra_forbidden":
-            guess = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {guess[0]!r}? " if guess else ""
-            problems.append(
-                f"{prefix}.{name}: unknown layer_swap parameter; {hint}known: {', '.join(known)}"
-            )
-        else:
-            got = item.get("input")
-            shown = "a gradient or filter" if isinstance(got, (list, dict)) else repr(got)
-            problems.append(f"{prefix}.{name}: got {shown}; {_FIXES[name]}")
-    return problems
-
-
 def _parameters(
-    prefix: str, raw: Any, schema: type[BaseModel], elsewhere: dict[str, str]
-) -> tuple[BaseModel | None, list[str]]:
-    """Validate one `parameters` mapping; parameters that belong elsewhere get pointed there."""
+    prefix: str, raw: Any, names: dict, elsewhere: dict[str, str]
+) -> tuple[dict[str, Any], list[str]]:
+    """Check one `parameters` mapping against the swap parameters `names` (name -> field);
+    parameters that belong elsewhere get pointed there. Returns the known values and problems;
+    their types are checked where the swap rule's config is built (`_config`)."""
     raw = raw or {}
     if not isinstance(raw, dict):
-        return None, [f"{prefix}: expected a mapping of parameter names to values"]
-    problems = [f"{prefix}.{name}: {where}" for name, where in elsewhere.items() if name in raw]
-    kept = {k: v for k, v in raw.items() if k not in elsewhere}
+        return {}, [f"{prefix}: expected a mapping of parameter names to values"]
+    problems = []
+    for name in raw:
+        if name in elsewhere:
+            problems.append(f"{prefix}.{name}: {elsewhere[name]}")
+        elif name not in names:
+            guess = difflib.get_close_matches(str(name), list(names), n=1)
+            hint = f"did you mean {guess[0]!r}? " if guess else ""
+            problems.append(
+                f"{prefix}.{name}: unknown layer_swap parameter; {hint}known: {', '.join(names)}"
+            )
+    return {k: v for k, v in raw.items() if k in names}, problems
+
+
+def _typed(kind: type, where: dict[str, str], **values: Any) -> tuple[Any, list[str]]:
+    """`kind(**values)` (a swap.Claim or swap.SwapConfig), or None and one problem per bad
+    value (`where`: parameter name -> the field it came from)."""
     try:
-        return schema.model_validate(kept), problems
+        return kind(**values), []
     except ValidationError as error:
-        return None, problems + _pydantic_problems(prefix, error, list(schema.model_fields))
+        problems = []
+        for item in error.errors():
+            name = str(item["loc"][0])
+            got = item.get("input")
+            shown = "a gradient or filter" if isinstance(got, (list, dict)) else repr(got)
+            problems.append(f"{where[name]}.{name}: got {shown}; {swap.fix(name)}")
+        return None, problems
 
 
 _DONOR_ONLY = "is set per donor; move it under that donor's parameters"
@@ -209,11 +188,13 @@ def check_plan(raw: dict) -> tuple[LayerSwapPlan | None, list[str]]:
     if reference(raw.get("base_model")) is None or not isinstance(raw.get("models"), list):
         return None, problems
     host = reference(raw["base_model"]) or ""
-    shared, found = _parameters(
-        "parameters", raw.get("parameters"), SwapParameters,
-        {"bottom": _DONOR_ONLY, "top": _DONOR_ONLY, "layers": _DONOR_ONLY},
-    )  # fmt: skip
-    problems += found
+    donor_names, shared_names = swap.donor_parameters(), swap.shared_parameters()
+    values, found = _parameters(
+        "parameters", raw.get("parameters"), shared_names, dict.fromkeys(donor_names, _DONOR_ONLY)
+    )
+    where_shared = dict.fromkeys(values, "parameters")
+    shared, typed = _typed(swap.SwapConfig, where_shared, host=host, **values)
+    problems += found + typed
 
     claims: list[swap.Claim] = []
     fields: dict[Hashable, str] = {}
@@ -239,27 +220,21 @@ def check_plan(raw: dict) -> tuple[LayerSwapPlan | None, list[str]]:
             )
             continue
         seen[same] = where[ref] = f"models[{i}].model"
-        shared_names = dict.fromkeys(SwapParameters.model_fields, _SHARED_ONLY)
-        donor, found = _parameters(
-            f"models[{i}].parameters", entry.get("parameters"), DonorParameters, shared_names
-        )
-        problems += found
         fields[ref] = f"models[{i}].parameters"
-        if donor is not None:
-            claims.append(swap.Claim(ref, donor.bottom, donor.top, donor.layers))
+        values, found = _parameters(
+            fields[ref], entry.get("parameters"), donor_names,
+            dict.fromkeys(shared_names, _SHARED_ONLY),
+        )
+        claim, typed = _typed(swap.Claim, dict.fromkeys(values, fields[ref]), donor=ref, **values)
+        problems += found + typed
+        claims.append(claim)
 
     infos, tensors, found = _read_models(where)
     problems += found
     if host not in infos or problems:
         return None, problems
 
-    config = swap.SwapConfig(
-        host=host,
-        claims=tuple(claims),
-        transition=shared.transition,
-        embed_source=shared.embed_source,
-        head_source=shared.head_source,
-    )
+    config = dataclasses.replace(shared, claims=tuple(claims))
     num_layers = infos[host].num_layers
     for problem in swap.problems(config, num_layers):
         if problem.field == "transition":
@@ -273,7 +248,7 @@ def check_plan(raw: dict) -> tuple[LayerSwapPlan | None, list[str]]:
     problems += _tied_problems(config, num_layers, infos[host])
     if problems:
         return None, problems
-    plan = LayerSwapPlan(host, config, num_layers, infos)
+    plan = LayerSwapPlan(host, config, num_layers, infos[host].architecture)
     problems = _tensor_problems(plan, tensors, where)
     return (None if problems else plan), problems
 
@@ -315,7 +290,7 @@ def _read_models(
 def _tensor_problems(plan: LayerSwapPlan, tensors: dict, where: dict[str, str]) -> list[str]:
     """Every tensor the merge takes from a model must exist there, shaped as the host's
     (the output keeps the host's config.json). One line per model; headers only."""
-    arch = checkpoint.architectures()[plan.models[plan.host].architecture]
+    arch = checkpoint.architectures()[plan.architecture]
     missing: dict[str, list[str]] = {}
     differ: dict[str, list[str]] = {}
     for name, optional, others in arch.tensors(plan.num_layers):
@@ -386,10 +361,8 @@ def swap_config(raw: dict) -> swap.SwapConfig:
     for entry in raw["models"]:
         ref = reference(entry.get("model"))
         if ref != host:
-            donor = DonorParameters.model_validate(entry.get("parameters") or {})
-            claims.append(swap.Claim(ref, **donor.model_dump()))
-    shared = SwapParameters.model_validate(raw.get("parameters") or {})
-    return swap.SwapConfig(host, tuple(claims), **shared.model_dump())
+            claims.append(swap.Claim(ref, **(entry.get("parameters") or {})))
+    return swap.SwapConfig(host, tuple(claims), **(raw.get("parameters") or {}))
 
 
 def check(raw: dict) -> list[str]:

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from mergekit_layerswap import cli
+from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.evaluate import (
     LANGUAGES,
     EvalResults,
     EvalSettings,
-    InputError,
     LanguageResult,
     ModelIdentity,
     ModelResult,

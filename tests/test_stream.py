@@ -18,7 +18,7 @@ from helpers import layer_swap, tensors
 from safetensors.torch import save_file
 
 from mergekit_layerswap import stream
-from mergekit_layerswap.method import STREAM_ENV
+from mergekit_layerswap.stream_swap import STREAM_ENV
 
 MERGEKIT_YAML = Path(sys.executable).with_name("mergekit-yaml")
 

@@ -7,17 +7,21 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from mergekit_layerswap.swap import (
     Claim,
     SwapConfig,
     SwapError,
+    donor_parameters,
     format_ranges,
     layer_weights,
     parse_ranges,
     plan_layers,
     problems,
+    shared_parameters,
     tensor_weights,
+    variant_name,
 )
 
 H, D, E = "host", "donor", "donor2"
@@ -161,8 +165,6 @@ def test_outer_tensors_follow_first_and_last_layer_unless_base():
     [
         (Claim(D), 0, "models", "claims no layers"),
         (Claim(D, bottom=9), 0, "bottom", "exceeds the model's 8 layers"),
-        (Claim(D, bottom=-1), 0, "bottom", "non-negative integer"),
-        (Claim(D, top=2.5), 0, "top", "non-negative integer"),
         (Claim(D, layers="3-x"), 0, "layers", "not a layer range"),
         (Claim(D, layers="5-3"), 0, "layers", "runs backwards"),
         (Claim(D, layers="6-8"), 0, "layers", "out of bounds"),
@@ -170,12 +172,35 @@ def test_outer_tensors_follow_first_and_last_layer_unless_base():
         (Claim(D, bottom=5, top=4), 0, "top", "overlaps bottom=5"),
         (Claim(D, bottom=3, top=3), 2, "transition", "runs into"),
         (Claim(D, layers="1-2"), 2, "transition", "past the model edge"),
-        (Claim(D, bottom=1), -1, "transition", "non-negative integer"),
     ],
 )
 def test_problems_name_the_field(claim, transition, field, words):
     found = problems(SwapConfig(H, (claim,), transition), 8)
     assert any(p.field == field and words in p.message for p in found), found
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"bottom": -1}, {"top": 2.5}, {"top": True}, {"layers": 5}, {"transition": -1}, {"head": 1}],
+)
+def test_parameters_of_the_wrong_type_are_refused_when_declared(bad):
+    """The swap parameters are typed where they are declared (strict pydantic): a wrong value
+    never reaches the rule."""
+    shared = {k: v for k, v in bad.items() if k == "transition"}
+    donor = {"layers": "1", **{k: v for k, v in bad.items() if k not in shared}}
+    with pytest.raises(ValidationError) as error:
+        SwapConfig(H, (Claim(D, **donor),), **shared)
+    assert error.value.errors()[0]["loc"][0] in bad
+
+
+def test_parameters_are_declared_once_and_drive_names():
+    assert list(donor_parameters()) == ["bottom", "top", "layers"]
+    assert list(shared_parameters()) == ["transition", "embed_source", "head_source"]
+    claim = Claim(D, bottom=5, top=2)
+    assert variant_name(claim, SwapConfig(H, (claim,), 1)) == "swap-b5-t2-tr1"
+    claim = Claim(D, layers="0-4,30-31")
+    pinned = SwapConfig(H, (claim,), head_source="base")
+    assert variant_name(claim, pinned) == "swap-l0-4_30-31-tr0-headbase"
 
 
 def test_donors_overlapping_each_other_and_zones_touching():

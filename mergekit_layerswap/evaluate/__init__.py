@@ -17,7 +17,6 @@ __all__ = [
     "MODES",
     "EvalResults",
     "EvalSettings",
-    "InputError",
     "LanguageResult",
     "ModelIdentity",
     "ModelResult",

@@ -1,13 +1,23 @@
 """`EvalSettings`: everything that decides how models are scored (MGSM, or any lm-eval tasks),
-validated on construction."""
+validated on construction. One pydantic model for `eval`'s options, the suite's `evaluation:`
+section and the lab; `InputError` (one line per problem) when a value is wrong."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..errors import InputError
 from .tasks import LANGUAGES, MAX_FEWSHOT, MODES, parse_languages
@@ -19,12 +29,14 @@ def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))
 
 
-BACKENDS = ("hf", "vllm")
 #: HF batch size when none is given: fastest of 16/32/64 on CPU. The requests are the same at
 #: any batch size; padded batches may round a near-tied greedy token differently.
 DEFAULT_HF_BATCH_SIZE = 64
 #: lm-eval's own default generation length; shorter would cut chains of thought (and scores).
 DEFAULT_MAX_GEN_TOKS = 256
+#: The fields that can change a column's scores (batch size and device do not; which task and
+#: task files a column comes from is keyed by `columns.TaskSet.key`).
+_SCORING = ("mode", "num_fewshot", "limit", "max_gen_toks", "backend")
 
 
 def _data_dir_from_env() -> Path | None:
@@ -32,8 +44,19 @@ def _data_dir_from_env() -> Path | None:
     return Path(value) if value else None
 
 
-@dataclass(frozen=True)
-class EvalSettings:
+def problems(error: ValidationError, prefix: str = "") -> list[str]:
+    """A pydantic error as our lines: `field: message` (`prefix` names the section)."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting; remove it or check its spelling"
+        lines.append(f"{where}: {message}" if where else message)
+    return lines
+
+
+class EvalSettings(BaseModel):
     """How to score models; the fields that change scores key the result cache.
 
     MGSM unless `tasks` names lm-eval tasks or groups (`"a,b"` or a sequence), which are then
@@ -45,61 +68,82 @@ class EvalSettings:
     `MGSM_DATA_DIR` environment variable, or the Hub dataset when that is unset too.
     """
 
-    languages: tuple[str, ...] | None = None
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    languages: tuple[str, ...] = ()
     mode: str = "native_cot"
     num_fewshot: int | None = None
-    limit: int | None = None
-    batch_size: int | str | None = None
-    max_gen_toks: int = DEFAULT_MAX_GEN_TOKS
-    backend: str = "hf"
+    limit: PositiveInt | None = None
+    batch_size: int | str = DEFAULT_HF_BATCH_SIZE
+    max_gen_toks: PositiveInt = DEFAULT_MAX_GEN_TOKS
+    backend: Literal["hf", "vllm"] = "hf"
     device: str | None = None
-    data_dir: Path | None = field(default_factory=_data_dir_from_env)
+    data_dir: Path | None = Field(default_factory=_data_dir_from_env)
     log_samples: bool = False
     tasks: tuple[str, ...] = ()
     include_path: Path | None = None
 
-    def __post_init__(self) -> None:
-        def fix(name: str, value: Any) -> None:
-            object.__setattr__(self, name, value)
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise InputError(problems(error)) from None
 
-        fix("tasks", parse_tasks(self.tasks))
-        if self.tasks:
-            if self.languages:
-                raise InputError("give languages (MGSM) or tasks, not both")
-            fix("languages", ())
-            fix("data_dir", None)  # MGSM's only (it may come from MGSM_DATA_DIR)
-            if self.num_fewshot is not None and self.num_fewshot < 0:
-                raise InputError("num_fewshot must be at least 0")
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, values: Any) -> Any:
+        """Fill what depends on other settings: MGSM or tasks, the backend's batch size."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        values["tasks"] = parse_tasks(values.get("tasks") or ())
+        if values["tasks"]:
+            if values.get("languages"):
+                raise ValueError("give languages (MGSM) or tasks, not both")
+            values["languages"], values["data_dir"] = (), None  # MGSM's only
         else:
-            if self.include_path is not None:
-                raise InputError("include_path needs tasks: name the tasks to score in it")
-            fix("languages", parse_languages(self.languages or LANGUAGES))
-            fix("num_fewshot", 0 if self.num_fewshot is None else self.num_fewshot)
-            if not 0 <= self.num_fewshot <= MAX_FEWSHOT:
-                raise InputError(f"num_fewshot must be 0..{MAX_FEWSHOT} (MGSM has 8 exemplars)")
-        if self.mode not in MODES:
-            raise InputError(f"unknown mode {self.mode!r}: choose from {', '.join(MODES)}")
-        if self.limit is not None and self.limit < 1:
-            raise InputError("limit must be at least 1")
-        if self.max_gen_toks < 1:
-            raise InputError("max_gen_toks must be at least 1")
-        if self.backend not in BACKENDS:
-            raise InputError(f"unknown backend {self.backend!r}: choose from hf, vllm")
-        if self.batch_size is None:
-            fix("batch_size", DEFAULT_HF_BATCH_SIZE if self.backend == "hf" else "auto")
-        if self.batch_size != "auto" and not (
-            isinstance(self.batch_size, int) and self.batch_size >= 1
-        ):
-            raise InputError(
-                f"batch size must be a positive integer or 'auto', not {self.batch_size!r}"
-            )
-        if self.device is not None and not (
-            self.device == "cpu" or self.device.split(":")[0] == "cuda"
-        ):
-            raise InputError(f"unknown device {self.device!r}: choose cpu or cuda[:N]")
-        for name in ("data_dir", "include_path"):
-            if getattr(self, name) is not None:
-                fix(name, Path(getattr(self, name)).expanduser().resolve())
+            if values.get("include_path") is not None:
+                raise ValueError("include_path needs tasks: name the tasks to score in it")
+            values["languages"] = parse_languages(values.get("languages") or LANGUAGES)
+            values["num_fewshot"] = values.get("num_fewshot") or 0
+        if values.get("batch_size") is None:
+            hf = values.get("backend", "hf") == "hf"
+            values["batch_size"] = DEFAULT_HF_BATCH_SIZE if hf else "auto"
+        return values
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, mode: str) -> str:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}: choose from {', '.join(MODES)}")
+        return mode
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, size: Any) -> int | str:
+        if size == "auto" or (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+            return size
+        raise ValueError(f"batch size must be a positive integer or 'auto', not {size!r}")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str | None) -> str | None:
+        if device is not None and not (device == "cpu" or device.split(":")[0] == "cuda"):
+            raise ValueError(f"unknown device {device!r}: choose cpu or cuda[:N]")
+        return device
+
+    @field_validator("data_dir", "include_path")
+    @classmethod
+    def _folder(cls, path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _fewshot(self) -> EvalSettings:
+        top = MAX_FEWSHOT if self.is_mgsm else None
+        if self.num_fewshot is not None and not 0 <= self.num_fewshot <= (top or self.num_fewshot):
+            limit = f"0..{top} (MGSM has {top} exemplars)" if top else "at least 0"
+            raise ValueError(f"num_fewshot must be {limit}")
+        return self
 
     @property
     def is_mgsm(self) -> bool:
@@ -107,22 +151,16 @@ class EvalSettings:
         return not self.tasks
 
     def scoring_key(self) -> dict[str, Any]:
-        """The settings that can change a column's scores (batch size and device do not; which
-        task and task files a column comes from is keyed by `columns.TaskSet.key`)."""
-        return {
-            "mode": self.mode,
-            "num_fewshot": self.num_fewshot,
-            "limit": self.limit,
-            "max_gen_toks": self.max_gen_toks,
-            "backend": self.backend,
-        }
+        """The settings that can change a column's scores."""
+        return {name: getattr(self, name) for name in _SCORING}
+
+    def replace(self, **changes: Any) -> EvalSettings:
+        """A validated copy with `changes` applied."""
+        return EvalSettings(**{**self.model_dump(), **changes})
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON (`tasks` and `include_path` only when tasks are named)."""
-        data = asdict(self)
-        data["languages"], data["tasks"] = list(self.languages), list(self.tasks)
-        for name in ("data_dir", "include_path"):
-            data[name] = str(data[name]) if data[name] else None
+        data = self.model_dump(mode="json")
         if not self.tasks:
             del data["tasks"], data["include_path"]
         return data

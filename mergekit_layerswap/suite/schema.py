@@ -15,14 +15,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from mergekit_layerswap import checkpoint, validate
+from mergekit_layerswap import checkpoint, swap, validate
 from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.suite import methods
+from mergekit_layerswap.suite.executor import ExecutorSettings
 
 #: mergekit methods that draw random numbers: the suite fixes and records their seed.
 RANDOMIZED = frozenset({"dare_ties", "dare_linear", "della", "della_linear"})
@@ -46,48 +47,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Sweep(_Strict):
-    """A grid of layer_swap variants of one host and one donor."""
+#: Every swap parameter (declared in `swap`), as the list of values a sweep tries.
+_GRID = swap.donor_parameters() | swap.shared_parameters()
 
-    base_model: str
-    donor: str
-    bottom: list[NonNegativeInt] = Field(default_factory=lambda: [0])
-    top: list[NonNegativeInt] = Field(default_factory=lambda: [0])
-    transition: list[NonNegativeInt] = Field(default_factory=lambda: [0])
-    layers: list[str] = Field(default_factory=lambda: [""])
-    dtype: str | None = None
-    in_memory: bool = True  # hf backend: build variants from the loaded experts, unwritten
-
-
-class Evaluation(_Strict):
-    """Evaluation settings for every model of the suite (see `mergekit-layerswap eval`): MGSM
-    `languages` (default sw, en), or lm-eval `tasks` found in `include_path`."""
-
-    languages: list[str] | str | None = None
-    tasks: list[str] | str | None = None
-    include_path: str | None = None
-    mode: Literal["native_cot", "direct", "en_cot"] = "native_cot"
-    num_fewshot: NonNegativeInt | None = None
-    limit: int | None = None
-    batch_size: int | str | None = None
-    max_gen_toks: int | None = None
-    backend: Literal["hf", "vllm"] = "hf"
-    device: str | None = None
-    data_dir: str | None = None
-
-    def settings(self, limit: int | None = None, data_dir: str | None = None) -> EvalSettings:
-        """The evaluation settings, with command-line overrides applied."""
-        values = self.model_dump(exclude_none=True)
-        if limit is not None:
-            values["limit"] = limit
-        if not values.get("tasks"):
-            values.setdefault("languages", ["sw", "en"])
-            if data_dir is not None:
-                values["data_dir"] = data_dir
-        for name in ("data_dir", "include_path"):
-            if name in values:
-                values[name] = Path(values[name])
-        return EvalSettings(**values)
+Sweep = create_model(
+    "Sweep",
+    __base__=_Strict,
+    __doc__="A grid of layer_swap variants of one host and one donor: each swap parameter "
+    "is a list of values (default: its default alone); every combination is a variant.",
+    base_model=(str, ...),
+    donor=(str, ...),
+    dtype=(str | None, None),
+    # hf backend: build the variants from the loaded experts, never written
+    in_memory=(bool, True),
+    **{
+        name: (list[info.rebuild_annotation()], Field(default_factory=lambda d=info.default: [d]))
+        for name, info in _GRID.items()
+    },
+)
 
 
 class Push(_Strict):
@@ -103,10 +80,12 @@ class SuiteFile(_Strict):
     evaluate_inputs: list[str] = Field(default_factory=list)
     merges: list[dict[str, Any]] = Field(default_factory=list)
     sweep: Sweep | None = None
-    evaluation: Evaluation = Field(default_factory=Evaluation)
+    #: `EvalSettings`' fields (see `mergekit-layerswap eval`); MGSM languages default to sw, en
+    evaluation: dict[str, Any] = Field(default_factory=dict)
     keep_weights: bool = True
     seed: int = 0
     push: Push | None = None
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
 
     @field_validator("models")
     @classmethod
@@ -132,12 +111,12 @@ class Entry:
 @dataclass(frozen=True)
 class Suite:
     entries: tuple[Entry, ...]
-    evaluation: Evaluation
+    evaluation: EvalSettings
     keep_weights: bool
-    aliases: dict[str, str]
     push: Push | None = None
     #: sweep variants dropped because an earlier entry has the same configuration: {dropped: kept}
     duplicates: dict[str, str] = dataclasses.field(default_factory=dict)
+    executor: ExecutorSettings = dataclasses.field(default_factory=ExecutorSettings)
 
     def select(self, names: list[str] | None) -> tuple[Entry, ...]:
         """The entries named by `--only` (all when None); unknown names are a InputError."""
@@ -149,6 +128,14 @@ class Suite:
             raise InputError([f"--only: no model named {n!r}; known: {', '.join(sorted(known))}"
                               for n in unknown])  # fmt: skip
         return tuple(e for e in self.entries if e.name in names)
+
+    def settings(self, limit: int | None = None, data_dir: str | None = None) -> EvalSettings:
+        """The evaluation settings, with the command line's `--limit`/`--data-dir` applied
+        (`--data-dir` is MGSM's: it does not apply to a suite that scores tasks)."""
+        changes: dict[str, Any] = {} if limit is None else {"limit": limit}
+        if data_dir is not None and self.evaluation.is_mgsm:
+            changes["data_dir"] = Path(data_dir)
+        return self.evaluation.replace(**changes) if changes else self.evaluation
 
 
 @dataclass
@@ -226,23 +213,22 @@ def _sweep_entries(sweep: Sweep, aliases: _Aliases, in_memory: bool) -> list[Ent
     # an adapter must be merged into its model first: only mergekit does that (on disk)
     in_memory = in_memory and "+" not in f"{host}{donor}"
     entries = []
-    for bottom, top, transition, layers in itertools.product(
-        sweep.bottom, sweep.top, sweep.transition, sweep.layers
-    ):
-        parts = [f"b{bottom}" if bottom else "", f"t{top}" if top else "",
-                 f"l{layers.replace(',', '_')}" if layers else "", f"tr{transition}"]  # fmt: skip
-        name = "swap-" + "-".join(p for p in parts if p)
-        if (problem := name_problem(name, f"sweep (layers: {layers!r})")) is not None:
+    for values in itertools.product(*(getattr(sweep, name) for name in _GRID)):
+        chosen = dict(zip(_GRID, values, strict=True))
+        # in the config: what differs from the defaults (and the transition, always)
+        written = {k: v for k, v in chosen.items() if v != _GRID[k].default or k == "transition"}
+        claim = swap.Claim(donor, **{k: chosen[k] for k in swap.donor_parameters()})
+        shared = {k: chosen[k] for k in swap.shared_parameters()}
+        name = swap.variant_name(claim, swap.SwapConfig(host, (claim,), **shared))
+        if (problem := name_problem(name, f"sweep (layers: {claim.layers!r})")) is not None:
             aliases.problems.append(problem)
             continue
-        donor_parameters = {
-            k: v for k, v in (("bottom", bottom), ("top", top), ("layers", layers)) if v
-        }
+        donor_parameters = {k: v for k, v in written.items() if k in swap.donor_parameters()}
         config = {
             "merge_method": validate.METHOD,
             "base_model": host,
             "models": [{"model": host}, {"model": donor, "parameters": donor_parameters}],
-            "parameters": {"transition": transition},
+            "parameters": {k: v for k, v in written.items() if k in shared},
         }
         if sweep.dtype:
             config["dtype"] = sweep.dtype
@@ -321,6 +307,22 @@ def _push_problems(push: Push | None, merged: set[str]) -> list[str]:
     return problems
 
 
+def _evaluation(raw: dict[str, Any], base: Path, problems: list[str]) -> EvalSettings | None:
+    """The suite's evaluation settings: MGSM on sw and en unless it names languages or tasks;
+    `data_dir` and `include_path` relative to the suite file's folder."""
+    values = dict(raw)
+    if not values.get("tasks"):
+        values.setdefault("languages", ["sw", "en"])
+    for name in ("data_dir", "include_path"):
+        if isinstance(values.get(name), str):
+            values[name] = base / Path(values[name]).expanduser()
+    try:
+        return EvalSettings(**values)
+    except InputError as error:
+        problems += [f"evaluation: {problem}" for problem in error.problems]
+        return None
+
+
 def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
     """Validate a loaded suite file; InputError lists every problem.
 
@@ -349,7 +351,7 @@ def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
         entries += [entry] if entry is not None else []
     if spec.sweep:
         published = set(spec.push.merges) if spec.push else set()
-        in_memory = spec.sweep.in_memory and spec.evaluation.backend == "hf"
+        in_memory = spec.sweep.in_memory and spec.evaluation.get("backend", "hf") == "hf"
         before = len(problems)
         variants = [
             dataclasses.replace(e, in_memory=e.in_memory and e.name not in published)
@@ -360,22 +362,16 @@ def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
                 problems += [f"{entry.name}: {p}" for p in _merge_problems(entry.config)]
         entries += variants
     problems += _name_problems(entries, spec.models)
-    evaluation = spec.evaluation
-    folders = {"data_dir": evaluation.data_dir, "include_path": evaluation.include_path}
-    found = {name: str(base / Path(value).expanduser()) for name, value in folders.items() if value}
-    evaluation = evaluation.model_copy(update=found)
-    try:
-        evaluation.settings()
-    except InputError as error:
-        problems.append(f"evaluation: {error}")
+    evaluation = _evaluation(spec.evaluation, base, problems)
     if not entries:
         problems.append("nothing to do: add evaluate_inputs, merges or a sweep")
     problems += _push_problems(spec.push, {e.name for e in entries if e.kind != "input"})
     if problems:
         raise InputError(problems)
     entries, duplicates = _without_duplicates(entries)
-    return Suite(tuple(entries), evaluation, spec.keep_weights, aliases.targets, spec.push,
-                 duplicates)  # fmt: skip
+    return Suite(
+        tuple(entries), evaluation, spec.keep_weights, spec.push, duplicates, spec.executor
+    )
 
 
 def load_suite(path: str | Path) -> Suite:

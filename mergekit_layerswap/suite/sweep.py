@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mergekit_layerswap import checkpoint, validate
+from mergekit_layerswap import checkpoint, swap, validate
 from mergekit_layerswap.evaluate.columns import TaskSet
 from mergekit_layerswap.evaluate.quiet import quiet
 from mergekit_layerswap.evaluate.run import LanguageRun, evaluate_lm
@@ -44,9 +44,6 @@ class InMemorySweep:
             donor: dict(donor_model.state_dict()),
         }
         self.num_layers = checkpoint.model_info(host).num_layers
-        from mergekit_layerswap.method import register
-
-        register()  # once: merge_state_dicts looks the method up by name
 
     def build(self, config: dict) -> Any:
         """Assign the variant of `config` (a layer_swap sweep config) into the model."""
@@ -54,22 +51,16 @@ class InMemorySweep:
         from mergekit.common import dtype_from_name
         from mergekit.merge_methods import merge_state_dicts
 
-        swap = validate.swap_config(config)
-        (claim,) = swap.claims
+        plan = validate.swap_config(config)
+        (claim,) = plan.claims
+        parameters = {name: {claim.donor: getattr(claim, name)} for name in swap.donor_parameters()}
+        parameters |= {name: getattr(plan, name) for name in swap.shared_parameters()}
         with torch.no_grad():
             merged = merge_state_dicts(
                 self.state,
-                "layer_swap",
+                validate.METHOD,
                 base=self.host,
-                parameters={
-                    "bottom": {claim.donor: claim.bottom},
-                    "top": {claim.donor: claim.top},
-                    "layers": {claim.donor: claim.layers},
-                    "transition": swap.transition,
-                    "embed_source": swap.embed_source,
-                    "head_source": swap.head_source,
-                    "num_layers": self.num_layers,
-                },
+                parameters={**parameters, "num_layers": self.num_layers},
                 dtype=dtype_from_name(config.get("dtype")),
             )
         self.model.load_state_dict(merged, assign=True, strict=True)
