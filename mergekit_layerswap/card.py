@@ -19,6 +19,7 @@ from mergekit_layerswap.evaluate.identity import fingerprint_dir
 from mergekit_layerswap.evaluate.results import EvalResults, LanguageResult, ModelResult
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.evaluate.tasks import HEADLINE_FILTER, HUB_DATASET
+from mergekit_layerswap.files import write_atomic
 from mergekit_layerswap.plan import compile_slices
 
 PAPER = "https://arxiv.org/abs/2410.01335"
@@ -265,5 +266,5 @@ def write_card(model_dir: str | Path, results: EvalResults | None = None) -> Pat
     card = render(raw, text, name=model_dir.resolve().name, num_layers=num_layers,
                   results=results, model_dir=model_dir)  # fmt: skip
     path = model_dir / CARD_FILE
-    path.write_text(card, encoding="utf-8")
+    write_atomic(path, card)
     return path

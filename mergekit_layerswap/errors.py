@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class InputError(ValueError):
     """Bad input from the user (a config, a suite, a path, an option): `problems` holds one
@@ -16,3 +19,10 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def did_you_mean(name: object, known: Iterable[str], otherwise: str = "") -> str:
+    """``did you mean 'x'?`` for the known name closest to a misspelled `name`, else
+    `otherwise`."""
+    guess = difflib.get_close_matches(str(name), list(known), n=1)
+    return f"did you mean {guess[0]!r}?" if guess else otherwise

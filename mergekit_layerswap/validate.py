@@ -8,7 +8,6 @@ names the field and the fix. It reads the models' config.json files and safetens
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from mergekit_layerswap import checkpoint, swap
-from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.errors import InputError, did_you_mean
 
 METHOD = "layer_swap"
 
@@ -101,11 +100,8 @@ def _parameters(
         if name in elsewhere:
             problems.append(f"{prefix}.{name}: {elsewhere[name]}")
         elif name not in names:
-            guess = difflib.get_close_matches(str(name), list(names), n=1)
-            hint = f"did you mean {guess[0]!r}? " if guess else ""
-            problems.append(
-                f"{prefix}.{name}: unknown layer_swap parameter; {hint}known: {', '.join(names)}"
-            )
+            hint = f"{did_you_mean(name, names)} known: {', '.join(names)}".lstrip()
+            problems.append(f"{prefix}.{name}: unknown layer_swap parameter; {hint}")
     return {k: v for k, v in raw.items() if k in names}, problems
 
 
@@ -128,16 +124,21 @@ _DONOR_ONLY = "is set per donor; move it under that donor's parameters"
 _SHARED_ONLY = "applies to the whole merge; move it to the top-level parameters"
 
 
+def unknown_keys(config: dict, prefix: str = "") -> list[str]:
+    """A line for every string key of `config` that is not a mergekit config key."""
+    return [
+        f"{prefix}{key}: not a mergekit config key; {did_you_mean(key, MERGEKIT_KEYS, 'remove it')}"
+        for key in sorted({k for k in config if isinstance(k, str)} - MERGEKIT_KEYS)
+    ]
+
+
 def _structure(raw: dict) -> list[str]:
     problems = [
         f"{key!r}: config keys are names such as models or base_model; remove this key"
         for key in raw
         if not isinstance(key, str)
     ]
-    for key in sorted({k for k in raw if isinstance(k, str)} - MERGEKIT_KEYS):
-        guess = difflib.get_close_matches(key, sorted(MERGEKIT_KEYS), n=1)
-        hint = f"did you mean {guess[0]!r}?" if guess else "remove it"
-        problems.append(f"{key}: not a mergekit config key; {hint}")
+    problems += unknown_keys(raw)
     if raw.get("merge_method") != METHOD:
         problems.append(f"merge_method: expected {METHOD!r}, got {raw.get('merge_method')!r}")
     if raw.get("slices") or raw.get("modules"):

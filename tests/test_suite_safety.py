@@ -186,7 +186,7 @@ def test_relative_paths_are_taken_from_the_suite_files_folder(aliases, tmp_path,
     config = suite.entries[0].config
     assert config["base_model"] == str((folder / "models" / "math").resolve())
     assert config["models"][1]["model"] == str((folder / "models" / "swahili").resolve())
-    assert suite.evaluation.data_dir == str(folder / "data")
+    assert suite.evaluation.data_dir == (folder / "data").resolve()
 
 
 def test_a_sweep_variant_equal_to_a_merge_is_scored_once(aliases):

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..files import write_atomic
 from .identity import ModelIdentity
 from .settings import EvalSettings
 from .tasks import HEADLINE_FILTER
@@ -100,8 +101,8 @@ class EvalResults:
 def write_results(results: EvalResults, output_dir: Path) -> tuple[Path, Path]:
     """Write `results.json` and `results.md` into `output_dir`; return their paths."""
     json_path, md_path = output_dir / RESULTS_JSON, output_dir / RESULTS_MD
-    json_path.write_text(json.dumps(results.to_json(), indent=2, ensure_ascii=False) + "\n")
-    md_path.write_text(render_markdown(results))
+    write_atomic(json_path, json.dumps(results.to_json(), indent=2, ensure_ascii=False) + "\n")
+    write_atomic(md_path, render_markdown(results))
     return json_path, md_path
 
 

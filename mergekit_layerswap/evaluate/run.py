@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from .. import __version__
 from ..errors import InputError
+from ..files import write_atomic
 from . import columns
 from .columns import TaskSet
 from .identity import ModelIdentity, resolve_model
@@ -54,12 +55,6 @@ def library_versions(backend: str) -> dict[str, str]:
     """Versions of what produces the scores (part of every cache key)."""
     names = ["lm_eval", "transformers", "torch"] + (["vllm"] if backend == "vllm" else [])
     return {name: version(name) for name in names} | {"mergekit_layerswap": __version__}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 class ResultCache:
@@ -103,9 +98,9 @@ class ResultCache:
             json.dumps(sample, ensure_ascii=False, default=handle_non_serializable) + "\n"
             for sample in run.samples
         )
-        _write_atomic(self._path(key, ".samples.jsonl.gz"), gzip.compress("".join(lines).encode()))
+        write_atomic(self._path(key, ".samples.jsonl.gz"), gzip.compress("".join(lines).encode()))
         entry = {"key": key, "result": asdict(run.result)}
-        _write_atomic(self._path(key, ".json"), json.dumps(entry, indent=2).encode())
+        write_atomic(self._path(key, ".json"), json.dumps(entry, indent=2).encode())
 
     def copy_samples(self, key: dict[str, Any], destination: Path) -> None:
         """Write the cached per-sample records, uncompressed, to `destination`."""

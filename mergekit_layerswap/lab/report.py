@@ -12,6 +12,8 @@ import json
 import statistics
 from pathlib import Path
 
+from mergekit_layerswap.files import write_atomic
+
 FILTERS = (("flexible-extract", "exact_match"), ("strict-match", "other_exact_match"))
 SWAP = "layer-swap"
 RIVALS = ("math", "lang", "soup")
@@ -129,6 +131,6 @@ def plot(data: dict, path: Path) -> Path:
 
 def write(data: dict, out: Path) -> list[Path]:
     """lab.json, lab.md and lab.png into `out`."""
-    (out / "lab.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    (out / "lab.md").write_text(markdown(data))
+    write_atomic(out / "lab.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_atomic(out / "lab.md", markdown(data))
     return [out / "lab.json", out / "lab.md", plot(data, out / "lab.png")]

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergekit_layerswap.files import write_atomic
+
 
 @dataclass(frozen=True)
 class Columns:
@@ -121,8 +123,8 @@ def write(table: list[dict], columns: Columns, out_dir: Path) -> None:
     """Write leaderboard.md, .csv, .json and .png into `out_dir`."""
     languages = columns.names
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "leaderboard.md").write_text(markdown(table, columns) + "\n")
-    (out_dir / "leaderboard.json").write_text(json.dumps(table, indent=2))
+    write_atomic(out_dir / "leaderboard.md", markdown(table, columns) + "\n")
+    write_atomic(out_dir / "leaderboard.json", json.dumps(table, indent=2))
     with (out_dir / "leaderboard.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["name", "kind", "method", *languages, "average"])

@@ -8,14 +8,13 @@ registry (`MergeMethodSpec`), so methods mergekit adds are checked too.
 
 from __future__ import annotations
 
-import difflib
-
 from pydantic import ValidationError
+
+from mergekit_layerswap.errors import did_you_mean
 
 
 def _unknown(name: str, known: list[str]) -> str:
-    guess = difflib.get_close_matches(name, known, n=1)
-    return (f"did you mean {guess[0]!r}? " if guess else "") + f"known: {', '.join(known)}"
+    return f"{did_you_mean(name, known)} known: {', '.join(known)}".lstrip()
 
 
 def problems(config: dict) -> list[str]:

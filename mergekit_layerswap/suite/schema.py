@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import itertools
 import json
 import re
@@ -20,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from mergekit_layerswap import checkpoint, swap, validate
-from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.errors import InputError, did_you_mean
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.suite import methods
 from mergekit_layerswap.suite.executor import ExecutorSettings
@@ -163,9 +162,8 @@ class _Aliases:
             return value
         name, plus, lora = value.partition("+")
         if name not in self.targets:
-            guess = difflib.get_close_matches(name, list(self.targets), n=1)
-            hint = (f"did you mean {guess[0]!r}?" if guess
-                    else f"define it under models: ({', '.join(self.targets)})")
+            known = ", ".join(self.targets)
+            hint = did_you_mean(name, self.targets, f"define it under models: ({known})")
             self.problems.append(f"{where}: {name!r} is not a model alias; {hint}")
             return value
         return self.locate(self.targets[name] + (plus + lora if plus else ""))
@@ -183,10 +181,7 @@ def _merge_entry(index: int, raw: Any, aliases: _Aliases, seed: int) -> Entry | 
         return None
     where = f"merges[{index}] ({name})"
     config = copy.deepcopy({k: v for k, v in raw.items() if k != "name"})
-    for key in sorted(set(config) - validate.MERGEKIT_KEYS, key=str):
-        guess = difflib.get_close_matches(str(key), sorted(validate.MERGEKIT_KEYS), n=1)
-        hint = f"did you mean {guess[0]!r}?" if guess else "remove it"
-        problems.append(f"{where}.{key}: not a mergekit config key; {hint}")
+    problems += validate.unknown_keys(config, f"{where}.")
     if "merge_method" not in config:
         problems.append(f"{where}.merge_method: missing (e.g. layer_swap, linear, ties)")
     if config.get("base_model") is not None:

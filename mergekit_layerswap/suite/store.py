@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.files import write_atomic
 from mergekit_layerswap.merge import METADATA_FILE
 from mergekit_layerswap.suite.schema import name_problem
 
@@ -39,11 +40,8 @@ def digest(*parts: Any) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
-    os.replace(partial, path)
+    """Write JSON atomically."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=float))
 
 
 def read_json(path: Path) -> Any | None:
