@@ -2,7 +2,8 @@
 
 Every subcommand is a pair: `_add_NAME` adds its parser (setting `handler`), `_NAME` runs it,
 importing what it needs inside, so `--help` and `validate` never import torch. Handlers let
-bad input (`InputError`) propagate: `main` prints it and exits 2.
+bad input (`InputError`) propagate: `main` prints it and exits 2, under the name of the file
+it is about when the parser's `input_file` default names the argument that holds one.
 """
 
 from __future__ import annotations
@@ -331,8 +332,8 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _problems(error: InputError, file: str | None) -> str:
-    """An InputError as printed: its problems, one a line, after `FILE: ` (one) or under
-    `FILE is invalid:` (several) when they belong to a file (once, though one names it)."""
+    """An InputError as printed, one problem a line: about a file, after `FILE: ` (one) or
+    under `FILE is invalid:` (several), a problem that starts with `FILE: ` not naming it twice."""
     if file is None:
         return "\n  ".join(error.problems)
     lines = [problem.removeprefix(f"{file}: ") for problem in error.problems]
