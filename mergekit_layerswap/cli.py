@@ -143,7 +143,7 @@ def _eval(args: argparse.Namespace) -> int:
     batch_size = args.batch_size
     if args.tasks and args.data_dir:
         raise InputError("--data-dir is MGSM's: with --tasks, the task YAMLs say where data is")
-    settings = evaluate.EvalSettings(
+    settings = evaluate.EvalSettings.checked(
         languages=args.languages,
         tasks=args.tasks or (),
         include_path=args.include_path,

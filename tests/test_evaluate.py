@@ -56,7 +56,7 @@ def test_settings_defaults_validation_and_json(monkeypatch, tmp_path):
         {"backend": "tgi"}, {"batch_size": 0}, {"batch_size": "big"}, {"device": "tpu"},
     ):  # fmt: skip
         with pytest.raises(InputError):
-            EvalSettings(**bad)
+            EvalSettings.checked(**bad)
 
 
 def test_fingerprint_follows_weights_and_config_not_readme(make_model, tmp_path):

@@ -212,6 +212,7 @@ def test_suite_recipes_are_valid(recipe, make_model):
 def test_in_memory_sweep_variant_equals_the_written_checkpoint(aliases, mgsm_hf_dir, tmp_path):
     """Same tensors bit for bit, and lm-eval produces the same generations and scores."""
     from lm_eval.models.huggingface import HFLM
+    from mergekit.options import MergeOptions
 
     from mergekit_layerswap import merge
     from mergekit_layerswap.evaluate import EvalSettings, evaluate_lm
@@ -220,7 +221,7 @@ def test_in_memory_sweep_variant_equals_the_written_checkpoint(aliases, mgsm_hf_
     config = layer_swap(
         aliases["math"], {aliases["swahili"]: {"bottom": 2, "top": 1}}, transition=1
     )
-    written = merge.run(config, tmp_path / "written", quiet=True)
+    written = merge.run(config, tmp_path / "written", MergeOptions(quiet=True))
     settings = EvalSettings(languages=("sw", "en"), limit=3, max_gen_toks=24,
                             data_dir=mgsm_hf_dir)  # fmt: skip
     sweep = InMemorySweep(aliases["math"], aliases["swahili"], settings)

@@ -44,14 +44,15 @@ def _data_dir_from_env() -> Path | None:
     return Path(value) if value else None
 
 
-def problems(error: ValidationError, prefix: str = "") -> list[str]:
-    """A pydantic error as our lines: `field: message` (`prefix` names the section)."""
+def problems(error: ValidationError, section: str = "") -> list[str]:
+    """A pydantic error as our lines: `section.field: message` (or `section: message` for
+    a problem of several fields)."""
     lines = []
     for item in error.errors():
-        where = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        where = ".".join(str(part) for part in (section, *item["loc"]) if part != "")
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown setting; remove it or check its spelling"
+            message = "unknown key; remove it or check its spelling"
         lines.append(f"{where}: {message}" if where else message)
     return lines
 
@@ -83,11 +84,14 @@ class EvalSettings(BaseModel):
     tasks: tuple[str, ...] = ()
     include_path: Path | None = None
 
-    def __init__(self, **values: Any) -> None:
+    @classmethod
+    def checked(cls, section: str = "", **values: Any) -> EvalSettings:
+        """The settings, or InputError with one line per problem, each naming its field
+        (under `section`, e.g. a suite file's `evaluation`)."""
         try:
-            super().__init__(**values)
+            return cls(**values)
         except ValidationError as error:
-            raise InputError(problems(error)) from None
+            raise InputError(problems(error, section)) from None
 
     @model_validator(mode="before")
     @classmethod
@@ -156,7 +160,7 @@ class EvalSettings(BaseModel):
 
     def replace(self, **changes: Any) -> EvalSettings:
         """A validated copy with `changes` applied."""
-        return EvalSettings(**{**self.model_dump(), **changes})
+        return EvalSettings.checked(**{**self.model_dump(), **changes})
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON (`tasks` and `include_path` only when tasks are named)."""
@@ -170,4 +174,4 @@ class EvalSettings(BaseModel):
         data = dict(data)
         if data.get("tasks"):
             data["languages"] = None
-        return cls(**data)
+        return cls.checked(**data)

@@ -312,9 +312,9 @@ def _evaluation(raw: dict[str, Any], base: Path, problems: list[str]) -> EvalSet
         if isinstance(values.get(name), str):
             values[name] = base / Path(values[name]).expanduser()
     try:
-        return EvalSettings(**values)
+        return EvalSettings.checked("evaluation", **values)
     except InputError as error:
-        problems += [f"evaluation: {problem}" for problem in error.problems]
+        problems += error.problems
         return None
 
 
