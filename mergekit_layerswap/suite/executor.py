@@ -8,6 +8,7 @@ command's `--executor`/`--address` override) and the check that Ray is installed
 
 from __future__ import annotations
 
+import socket
 from types import ModuleType
 from typing import Literal
 
@@ -42,7 +43,8 @@ def choose(
     settings: ExecutorSettings, kind: str | None = None, address: str | None = None
 ) -> ExecutorSettings:
     """The suite file's settings with the command line's `--executor`/`--address` applied;
-    InputError for `--address` with the local executor or Ray not installed."""
+    InputError for an address with the local executor, Ray not installed, or no cluster
+    listening at the address."""
     update = {name: value for name, value in (("kind", kind), ("address", address)) if value}
     chosen = settings.model_copy(update=update)
     if chosen.kind == "local" and chosen.address is not None:
@@ -52,7 +54,22 @@ def choose(
         )
     if chosen.kind == "ray":
         require_ray()
+        if chosen.address not in (None, "auto"):
+            _check_reachable(chosen.address)
     return chosen
+
+
+def _check_reachable(address: str) -> None:
+    """InputError when nothing listens at [ray://]HOST:PORT (ray.init would retry for
+    minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except (OSError, ValueError) as error:
+        raise InputError(
+            f"executor.address: no Ray cluster at {address} ({error}); start one with "
+            "`ray start --head`, or give its HOST:PORT, `auto` or ray://HOST:10001"
+        ) from None
 
 
 def require_ray() -> ModuleType:

@@ -21,7 +21,6 @@ import math
 import os
 import secrets
 import shutil
-import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -134,20 +133,6 @@ def check_shared_storage(root: Path, timeout: float) -> None:
         raise InputError(problems)
 
 
-def _check_reachable(address: str) -> None:
-    """InputError when nothing listens at HOST:PORT (ray.init would retry for minutes)."""
-    if address == "auto":
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=10).close()
-    except (OSError, ValueError) as error:
-        raise InputError(
-            f"executor.address: no Ray cluster at {address} ({error}); start one with "
-            "`ray start --head`, or give its HOST:PORT, `auto` or ray://HOST:10001"
-        ) from None
-
-
 def connect(address: str | None) -> bool:
     """Join the cluster at `address` (None: start one on this machine) unless this process
     already joined one; returns whether it joined now (and should leave at the end)."""
@@ -156,7 +141,6 @@ def connect(address: str | None) -> bool:
     if address is None:
         ray.init(include_dashboard=False)
         return True
-    _check_reachable(address)
     try:
         ray.init(address=address)
     except ConnectionError as error:
@@ -279,7 +263,7 @@ def _absolute(context: Context) -> Context:
     return dataclasses.replace(
         context,
         store=Store(context.store.root.absolute()),
-        settings=dataclasses.replace(settings, **folders),
+        settings=settings.replace(**folders),
     )
 
 

@@ -3,15 +3,16 @@ leaderboard.
 
 Each entry is two steps, merge (merges and sweep variants only) and eval; each step is
 skipped when its key says it already finished (see `store`). `--dry-run` prints the plan.
+The steps to run are tasks (`suite.tasks`), run here (`executor: local`) or on a Ray cluster
+(`executor: ray`, `suite.ray_run`); either way the leaderboard is written here, last.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mergekit_layerswap import card, checkpoint, hub, merge, validate
+from mergekit_layerswap import checkpoint, hub
 from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.evaluate import columns
 from mergekit_layerswap.evaluate.columns import TaskSet
@@ -19,32 +20,15 @@ from mergekit_layerswap.evaluate.identity import fingerprint_dir, resolve_model
 from mergekit_layerswap.evaluate.run import check_writable
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.suite import leaderboard
+from mergekit_layerswap.suite.executor import choose
 from mergekit_layerswap.suite.schema import Entry, Suite
 from mergekit_layerswap.suite.store import Store, digest, read_json, write_json
-from mergekit_layerswap.suite.sweep import InMemorySweep
-
-#: Settings that do not change a score, left out of the evaluation key.
-_NOT_IN_KEY = {"batch_size", "device", "data_dir", "log_samples"}
+from mergekit_layerswap.suite.tasks import Context, Step, run_local
 
 
 def _versions() -> dict[str, str]:
     names = ("mergekit", "mergekit-layerswap", "lm_eval", "transformers", "torch")
     return {name: importlib.metadata.version(name) for name in names}
-
-
-@dataclass(frozen=True)
-class Step:
-    """One entry's plan: its keys, and whether its merge and eval must run."""
-
-    entry: Entry
-    key: str
-    eval_key: str
-    merge_needed: bool
-    eval_needed: bool
-
-
-def _model_path(entry: Entry, store: Store) -> str:
-    return entry.model if entry.kind == "input" else str(store.merge_dir(entry.name))
 
 
 def _fingerprint(reference: str) -> str:
@@ -110,7 +94,8 @@ def plan(
 ) -> list[Step]:
     """Decide, from keys alone, which merges and evaluations must run."""
     versions = _versions()
-    score_settings = {k: v for k, v in asdict(settings).items() if k not in _NOT_IN_KEY}
+    columns = {"languages": settings.languages, "tasks": settings.tasks}
+    score_settings = {**settings.scoring_key(), **columns}
     if task_set.include_digest is not None:  # the task files decide scores too
         score_settings["include_files"] = task_set.include_digest
     steps = []
@@ -170,13 +155,20 @@ def run_suite(
     dry_run: bool = False,
     force: bool = False,
     cuda: bool = False,
+    executor: str | None = None,
+    address: str | None = None,
 ) -> list[dict]:
     """Merge, score and rank; returns the leaderboard rows (empty on a dry run).
 
-    Every input is checked before the first merge; the output folder is locked for the run.
+    `executor` (local or ray) and `address` (the Ray cluster) override the suite file's
+    `executor:` section. Every input is checked before the first merge; the output folder is
+    locked for the run.
     """
+    where = choose(suite.executor, executor, address)
+    if where.kind == "ray" and cuda and not where.gpus_per_merge:
+        raise InputError("--cuda: with the ray executor, set executor.gpus_per_merge (e.g. 1)")
     store = Store(Path(out_dir))
-    settings = suite.evaluation.settings(limit=limit, data_dir=data_dir)
+    settings = suite.settings(limit=limit, data_dir=data_dir)
     entries = suite.select(only)
     fingerprints, task_set = preflight(entries, settings, store.root)
     for dropped, kept in suite.duplicates.items():
@@ -186,62 +178,25 @@ def run_suite(
         return []
     with store.lock():
         steps = plan(store, settings, task_set, entries, fingerprints, force)
-        return _run(suite, store, settings, task_set, steps, cuda)
+        pushed = frozenset(suite.push.merges if suite.push else ())
+        context = Context(store, settings, task_set, cuda, suite.keep_weights, pushed)
+        if where.kind == "ray":
+            from mergekit_layerswap.suite import ray_run
+
+            ray_run.run(context, steps, where)
+        else:
+            run_local(context, steps)
+        return _finish(suite, context, steps)
 
 
-def _run(
-    suite: Suite,
-    store: Store,
-    settings: EvalSettings,
-    task_set: TaskSet,
-    steps: list[Step],
-    cuda: bool,
-) -> list[dict]:
-    """Merge, score, publish and rank the planned steps (the output folder is locked)."""
-    from mergekit_layerswap.evaluate.run import evaluate_models
-
-    pushed = set(suite.push.merges) if suite.push else set()
-    merges = [s for s in steps if s.merge_needed]
-    evals = [s for s in steps if s.eval_needed]
-    for index, step in enumerate(merges, 1):
-        print(f"merge {index}/{len(merges)} {step.entry.name}", flush=True)
-        store.clear_merge(step.entry.name)
-        merge.run(
-            step.entry.config,
-            store.merge_dir(step.entry.name),
-            cuda=cuda,
-            random_seed=step.entry.random_seed,
-            metadata={"key": step.key, "name": step.entry.name, "seed": step.entry.random_seed},
-        )
-    sweep: InMemorySweep | None = None
-    for index, step in enumerate(evals, 1):
-        entry = step.entry
-        record = {"name": entry.name, "kind": entry.kind, "method": entry.method,
-                  "config": entry.config}  # fmt: skip
-        if entry.in_memory:
-            print(f"eval {index}/{len(evals)} {entry.name} (built in memory)", flush=True)
-            host, donor = (m["model"] for m in entry.config["models"])
-            sweep = sweep or InMemorySweep(host, donor, settings, task_set)
-            runs = sweep.score(entry.config)
-            scores = {code: asdict(run.result) for code, run in runs.items()}
-            store.write_result(step.key, step.eval_key, {**record, "languages": scores})
-            continue
-        print(f"eval {index}/{len(evals)} {entry.name}", flush=True)
-        results = evaluate_models(
-            [_model_path(entry, store)], settings, store.eval_dir(entry.name),
-            cache_dir=store.root / "cache", replace=True,
-        )  # fmt: skip
-        scores = {code: asdict(r) for code, r in results.models[0].languages.items()}
-        store.write_result(step.key, step.eval_key, {**record, "languages": scores})
-        if entry.method == validate.METHOD:
-            card.write_card(store.merge_dir(entry.name), results)
-        if entry.kind != "input" and not suite.keep_weights and entry.name not in pushed:
-            store.drop_weights(entry.name)
+def _finish(suite: Suite, context: Context, steps: list[Step]) -> list[dict]:
+    """Publish and rank the planned steps once they ran (the output folder is locked)."""
+    store, settings = context.store, context.settings
     for step in steps:
-        if step.entry.name in pushed:
+        if step.entry.name in context.pushed:
             _publish(store, step, suite)
     records = [store.result(s.entry.name, s.key, s.eval_key) for s in steps]
-    board = leaderboard.Columns(list(task_set.columns), mgsm=settings.is_mgsm)
+    board = leaderboard.Columns(list(context.task_set.columns), mgsm=settings.is_mgsm)
     rows = leaderboard.rows([r for r in records if r], board.names)
     leaderboard.write(rows, board, store.root)
     print(leaderboard.markdown(rows, board))
