@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mergekit_layerswap.errors import InputError, first_line
+from mergekit_layerswap.errors import InputError, RunError, first_line
 from mergekit_layerswap.options import LazyParser, add_merge_options, merge_options
 
 Subparsers = argparse._SubParsersAction
@@ -342,14 +342,6 @@ def _problems(error: InputError, file: str | None) -> str:
     return f"{file} is invalid:\n  " + "\n  ".join(lines)
 
 
-def _failures() -> tuple[type[Exception], ...]:
-    """Our errors for a run that failed outside its input (disk, Hub): one line, exit 1."""
-    from mergekit_layerswap.hub import UploadError
-    from mergekit_layerswap.merge import MergeError
-
-    return MergeError, UploadError
-
-
 def _is_fault(error: Exception) -> bool:
     """A failure of the environment, not of our code: file system or network (OSError, which
     includes huggingface_hub's and requests' errors, or an httpx error)."""
@@ -384,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if args.verbose:
             raise
-        if isinstance(error, _failures()):
+        if isinstance(error, RunError):
             print(f"{prefix}: error: {error}", file=sys.stderr)
         elif _is_fault(error):
             print(f"{prefix}: failed: {_fault(error)} (-v shows the traceback)", file=sys.stderr)

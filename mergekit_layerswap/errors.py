@@ -15,6 +15,11 @@ class InputError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+class RunError(RuntimeError):
+    """A run that failed outside its input (a full disk, the Hub refusing an upload, a path
+    that resolves outside the output folder): the CLI prints its one line and exits 1."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none."""
     text = str(error).strip()

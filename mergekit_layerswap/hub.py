@@ -13,11 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergekit_layerswap import complete
-from mergekit_layerswap.errors import InputError, first_line
-
-
-class UploadError(RuntimeError):
-    """The Hub could not be reached or refused the upload (network, token, permissions)."""
+from mergekit_layerswap.errors import InputError, RunError, first_line
 
 
 def check_complete(model_dir: str | Path) -> list[str]:
@@ -94,7 +90,7 @@ def push(
         )
     except (OSError, HTTPError) as error:  # no network, offline mode, token, Hub refusals
         reason = first_line(error)
-        raise UploadError(
+        raise RunError(
             f"could not upload to {api.endpoint} ({type(error).__name__}: {reason}); "
             "check the network, HF_HUB_OFFLINE and your token (hf auth login)"
         ) from None

@@ -26,7 +26,7 @@ import yaml
 
 from mergekit_layerswap import complete, validate
 from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
-from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.errors import InputError, RunError
 
 if TYPE_CHECKING:
     from mergekit.config import MergeConfiguration
@@ -49,10 +49,6 @@ _REPRODUCED = (
     "clone_tensors",
     "random_seed",
 )
-
-
-class MergeError(RuntimeError):
-    """The merge ran but produced no complete model (a full disk, a failed copy)."""
 
 
 def check_output(out_path: str | Path) -> Path:
@@ -176,7 +172,7 @@ def _finish(
     logged: list[logging.LogRecord],
     card: bool,
 ) -> None:
-    """Config, checks and (if `card`) the card on a merged `partial`; MergeError if it is not
+    """Config, checks and (if `card`) the card on a merged `partial`; RunError if it is not
     complete."""
     import mergekit.merge
 
@@ -188,7 +184,7 @@ def _finish(
         if _disk_full(error):
             raise error  # mergekit logged it and went on
         what = failed[0].getMessage().split(".")[0]  # "Failed to copy tokenizer"
-        raise MergeError(f"mergekit: {what} ({error}); nothing was written")
+        raise RunError(f"mergekit: {what} ({error}); nothing was written")
     for record in logged:  # a donor without a tokenizer: mergekit's own error, as before
         logging.getLogger(record.name).handle(record)
     # the hooked generate_card: ours for layer_swap, mergekit's for other methods
@@ -198,7 +194,7 @@ def _finish(
     (partial / CONFIG_FILE).write_text(source, encoding="utf-8")
     problems = complete.problems(partial, tokenizer=expected)
     if problems:
-        raise MergeError(f"the merge is incomplete ({'; '.join(problems)}); nothing was written")
+        raise RunError(f"the merge is incomplete ({'; '.join(problems)}); nothing was written")
 
 
 def reproduce_command(options: MergeOptions) -> str:
@@ -228,7 +224,7 @@ def run(
     `options` (default: mergekit's defaults); returns the folder.
 
     InputError lists every problem of the config, the output path and the options, before
-    any work; MergeError says why a merge that ran left nothing (a full disk: "disk full").
+    any work; RunError says why a merge that ran left nothing (a full disk: "disk full").
     `options.write_model_card` writes our card, which names the final folder, not mergekit's.
     `metadata`, if given, is written to METADATA_FILE inside the folder before it appears.
     The saved mergekit_config.yml says how plain `mergekit-yaml` reproduces the merge.
@@ -264,7 +260,7 @@ def run(
         os.replace(partial, out)
     except Exception as error:
         if _disk_full(error):
-            raise MergeError(
+            raise RunError(
                 f"disk full while writing {out}; nothing was written: free space on "
                 f"{out.parent} (the merge needs about the model's size) or choose another folder"
             ) from None

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from mergekit_layerswap import cli
-from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.errors import InputError, RunError
 from mergekit_layerswap.suite.schema import load_suite, parse_suite
-from mergekit_layerswap.suite.store import OutsideError, Store
+from mergekit_layerswap.suite.store import Store
 
 
 def swap_merge(name: object) -> dict:
@@ -75,10 +75,10 @@ def test_store_refuses_paths_that_resolve_outside_its_root(tmp_path):
     (store.root / "merges" / "swap").symlink_to(victim)  # a link planted inside OUT_DIR
     for call in (lambda: store.clear_merge("swap"), lambda: store.merge_dir("../victim"),
                  lambda: store.result_path("/abs"), lambda: store.eval_dir(".")):
-        with pytest.raises(OutsideError):
+        with pytest.raises(RunError):
             call()
     (store.root / "results").symlink_to(victim)  # a whole subfolder redirected
-    with pytest.raises(OutsideError):
+    with pytest.raises(RunError):
         store.write_result("k", "e", {"name": "keep"})
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
     assert (victim / "keep.txt").read_text() == "precious"

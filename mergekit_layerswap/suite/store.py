@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.errors import InputError, RunError
 from mergekit_layerswap.files import write_atomic
 from mergekit_layerswap.merge import METADATA_FILE
 from mergekit_layerswap.suite.schema import name_problem
@@ -51,10 +51,6 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-class OutsideError(RuntimeError):
-    """A path the suite was about to touch does not lie inside its output folder."""
-
-
 @dataclass(frozen=True)
 class Store:
     root: Path
@@ -62,11 +58,11 @@ class Store:
     def _inside(self, folder: str, name: str, suffix: str = "") -> Path:
         """ROOT/folder/NAME+suffix, once proven to lie strictly inside ROOT/folder."""
         if (problem := name_problem(name, "name")) is not None:
-            raise OutsideError(problem)
+            raise RunError(problem)
         path = self.root / folder / f"{name}{suffix}"
         parent = (self.root / folder).resolve()
         if path.resolve().parent != parent or not parent.is_relative_to(self.root.resolve()):
-            raise OutsideError(f"{path} resolves outside {self.root}; refusing to touch it")
+            raise RunError(f"{path} resolves outside {self.root}; refusing to touch it")
         return path
 
     def merge_dir(self, name: str) -> Path:
