@@ -15,6 +15,7 @@ import yaml
 
 from mergekit_layerswap import checkpoint, swap, validate
 from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
+from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.evaluate.identity import fingerprint_dir
 from mergekit_layerswap.evaluate.results import EvalResults, LanguageResult, ModelResult
 from mergekit_layerswap.evaluate.settings import EvalSettings
@@ -69,7 +70,7 @@ def _model_result(results: EvalResults | None, model_dir: Path | None) -> ModelR
     if results is None:
         return None
     if model_dir is None:
-        raise ValueError("scores can only be attached to a model folder they were computed for")
+        raise InputError("scores can only be attached to a model folder they were computed for")
     fingerprint = fingerprint_dir(model_dir)
     for model in results.models:
         if model.identity.fingerprint == fingerprint:
@@ -77,7 +78,7 @@ def _model_result(results: EvalResults | None, model_dir: Path | None) -> ModelR
     scored = ", ".join(
         f"{m.identity.location} ({m.identity.fingerprint[:12]})" for m in results.models
     )
-    raise ValueError(
+    raise InputError(
         f"--results scores {scored or 'no model'}, not {model_dir} (fingerprint "
         f"{fingerprint[:12]}); score this folder with `mergekit-layerswap eval` first"
     )
@@ -250,11 +251,11 @@ def read_config(model_dir: Path) -> tuple[dict, str]:
     """The mergekit config saved beside a merged model (ValueError if absent or not ours)."""
     path = model_dir / CONFIG_FILE
     if not path.is_file():
-        raise ValueError(f"{model_dir} has no {CONFIG_FILE}: is it a mergekit output folder?")
+        raise InputError(f"{model_dir} has no {CONFIG_FILE}: is it a mergekit output folder?")
     text = path.read_text(encoding="utf-8")
     raw = yaml.safe_load(text)
     if not isinstance(raw, dict) or raw.get("merge_method") != validate.METHOD:
-        raise ValueError(f"{path} is not a layer_swap config; this card describes layer swaps")
+        raise InputError(f"{path} is not a layer_swap config; this card describes layer swaps")
     return raw, text
 
 

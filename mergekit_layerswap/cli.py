@@ -247,11 +247,8 @@ def _card(args: argparse.Namespace) -> int:
     from mergekit_layerswap import card
     from mergekit_layerswap.evaluate import read_results
 
-    try:
-        results = read_results(args.results) if args.results else None
-        path = card.write_card(args.model, results)
-    except (OSError, ValueError) as error:  # card.py and read_results raise plain ValueErrors
-        raise InputError(str(error)) from None
+    results = read_results(args.results) if args.results else None
+    path = card.write_card(args.model, results)
     print(f"wrote {path}")
     return 0
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError, first_line
 from ..files import write_atomic
 from .identity import ModelIdentity
 from .settings import EvalSettings
@@ -107,11 +108,17 @@ def write_results(results: EvalResults, output_dir: Path) -> tuple[Path, Path]:
 
 
 def read_results(path: str | Path) -> EvalResults:
-    """Read `results.json` (or the output directory holding it)."""
+    """Read `results.json` (or the output directory holding it); InputError if it is not a
+    readable results file of `eval`."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_JSON
-    return EvalResults.from_json(json.loads(path.read_text()))
+    try:
+        return EvalResults.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except OSError as error:
+        raise InputError(f"{path}: cannot read it ({error.strerror})") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{path}: not a results.json of `eval` ({first_line(error)})") from None
 
 
 def differences(
