@@ -183,12 +183,10 @@ def _add_suite(sub: Subparsers) -> None:
 
 def _suite(args: argparse.Namespace) -> int:
     from mergekit_layerswap.suite.runner import run_suite
-    from mergekit_layerswap.suite.schema import parse_suite
+    from mergekit_layerswap.suite.schema import load_suite
 
-    # relative paths in a suite are from its folder
-    suite = parse_suite(_load(args.suite, args.overrides), Path(args.suite).resolve().parent)
     run_suite(
-        suite,
+        load_suite(args.suite, args.overrides),
         args.out,
         only=args.only,
         limit=args.limit,

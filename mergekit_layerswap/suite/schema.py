@@ -1,7 +1,7 @@
 """The suite file: experts, merges, a layer_swap sweep and evaluation settings, validated.
 
-`load_suite(path)` returns a `Suite` whose `entries()` are the fully resolved jobs (aliases
-replaced by paths or Hub ids). Every problem is reported at once, naming the key and the
+`load_suite(path, overrides)` returns a `Suite` whose `entries` are the fully resolved jobs
+(aliases replaced by paths or Hub ids). Every problem is reported at once, naming the key and the
 fix, before anything is merged or evaluated.
 """
 
@@ -12,13 +12,14 @@ import dataclasses
 import itertools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from mergekit_layerswap import checkpoint, swap, validate
+from mergekit_layerswap import checkpoint, overrides, swap, validate
 from mergekit_layerswap.errors import InputError, did_you_mean
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.suite import methods
@@ -369,6 +370,7 @@ def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
     )
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read and validate a suite YAML file (relative paths in it are from its folder)."""
-    return parse_suite(validate.load(path), Path(path).resolve().parent)
+def load_suite(path: str | Path, changes: Sequence[str] = ()) -> Suite:
+    """Read a suite YAML file, apply `KEY=VALUE` overrides (`changes`) and validate it
+    (relative paths in it are from its folder)."""
+    return parse_suite(overrides.apply(validate.load(path), changes), Path(path).resolve().parent)
