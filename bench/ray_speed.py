@@ -53,7 +53,7 @@ def main() -> None:
         f"{args.models} independent evaluations (6-layer tiny models, MGSM sw+en, first "
         f"{args.limit} problems), Ray cluster of {args.cpus} CPUs"
     )
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     runner.run_suite(suite, work / "out-ray", executor="ray")
     ray.shutdown()
     summary = json.loads((work / "out-ray" / ray_run.RUN_FILE).read_text())

@@ -31,7 +31,7 @@ def ray_address() -> str:
     """A local Ray cluster of 2 CPUs for the test session; its address."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -138,8 +138,8 @@ def connect(address: str | None) -> bool:
     already joined one; returns whether it joined now (and should leave at the end)."""
     if ray.is_initialized():
         return False
-    if address is None:
-        ray.init(include_dashboard=False)
+    if address is None:  # a new cluster, even where `ray start` left one (or its address file)
+        ray.init(address="local", include_dashboard=False)
         return True
     try:
         ray.init(address=address)
