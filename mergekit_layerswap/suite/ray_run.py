@@ -34,6 +34,7 @@ from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.suite import tasks
 from mergekit_layerswap.suite.executor import ExecutorSettings
 from mergekit_layerswap.suite.store import Store, read_json, write_json
+from mergekit_layerswap.suite.sweep import InMemorySweep
 from mergekit_layerswap.suite.tasks import Context, Step
 
 TASKS_DIR = ".layerswap-tasks"
@@ -77,7 +78,7 @@ class _Sweeper:
 
     def __init__(self, context: Context):
         self.context = context
-        self.sweep: Any = None
+        self.sweep: InMemorySweep | None = None
 
     def score(self, step: Step) -> dict:
         def body() -> None:
