@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,9 @@ from mergekit_layerswap.suite import ray_run
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def ray_address() -> str:
-    """A local Ray cluster of 2 CPUs for the test session; its address."""
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A local Ray cluster of 2 CPUs, started once for all the tests here; its address."""
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

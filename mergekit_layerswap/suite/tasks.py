@@ -41,7 +41,7 @@ class Context:
     pushed: frozenset[str]  # merges to publish: their weights stay until uploaded
 
 
-def model_path(entry: Entry, store: Store) -> str:
+def _model_path(entry: Entry, store: Store) -> str:
     return entry.model if entry.kind == "input" else str(store.merge_dir(entry.name))
 
 
@@ -83,7 +83,7 @@ def eval_step(context: Context, step: Step, sweep: InMemorySweep | None = None) 
         store.write_result(step.key, step.eval_key, {**record, "languages": scores})
         return
     results = evaluate_models(
-        [model_path(entry, store)],
+        [_model_path(entry, store)],
         context.settings,
         store.eval_dir(entry.name),
         cache_dir=store.root / "cache",
