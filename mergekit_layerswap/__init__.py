@@ -4,3 +4,11 @@ Importing this package is cheap: torch and mergekit load only when a submodule n
 """
 
 __version__ = "0.1.0"
+
+
+def versions(*libraries: str) -> dict[str, str]:
+    """The installed versions of `libraries` and of this package: what result keys hold, so
+    that an upgrade recomputes what it could change."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in libraries} | {"mergekit_layerswap": __version__}

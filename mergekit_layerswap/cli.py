@@ -354,7 +354,7 @@ def _fault(error: Exception) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command: 0 done, 2 bad input (one line per problem), 1 a run that failed (one
-    line naming what failed; `-v` shows the traceback instead)."""
+    line naming what failed; `-v` shows the traceback instead), 130 interrupted (Ctrl-C)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and ("overrides" not in args or any(arg.startswith("-") for arg in extra)):
@@ -368,6 +368,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         file = getattr(args, args.input_file) if "input_file" in args else None
         print(f"{prefix}: error: {_problems(error, file)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
     except Exception as error:
         if args.verbose:
             raise

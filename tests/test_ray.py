@@ -192,6 +192,35 @@ def test_a_killed_driver_is_resumed_with_only_what_was_missing(
     assert board(out) == board(local_run)
 
 
+def test_ctrl_c_cancels_the_run_in_one_line_and_keeps_what_finished(
+    ray_address, local_run, aliases, mgsm_hf_dir, tmp_path, capsys
+):
+    path = suite_file(tmp_path, aliases, mgsm_hf_dir)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "mergekit_layerswap.cli", "suite", str(path), str(out)]
+    process = subprocess.Popen(
+        [*command, "--executor", "ray", "--address", ray_address],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not list((out / "results").glob("*.json")):
+        assert process.poll() is None and time.time() < deadline, "suite ended before Ctrl-C"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "mergekit-layerswap suite: interrupted", err
+    finished = {p.stem: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
+    assert finished
+    code, text = run(capsys, path, out)  # the local executor finishes the Ray run's suite
+    assert code == 0, text
+    for name, mtime in finished.items():
+        assert (out / "results" / f"{name}.json").stat().st_mtime_ns == mtime
+    assert board(out) == board(local_run)
+
+
 def test_every_node_must_see_the_output_folder(ray_address, tmp_path):
     ray_run.check_shared_storage(tmp_path, timeout=60)  # one node, local disk: it sees it
     assert not list(tmp_path.iterdir())  # the probe file is gone

@@ -18,12 +18,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from importlib.metadata import version
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .. import __version__
+import mergekit_layerswap
+
 from ..errors import InputError
 from ..files import write_atomic
 from . import columns
@@ -49,12 +49,6 @@ class LanguageRun(NamedTuple):
 
     result: LanguageResult
     samples: list[dict[str, Any]]
-
-
-def library_versions(backend: str) -> dict[str, str]:
-    """Versions of what produces the scores (part of every cache key)."""
-    names = ["lm_eval", "transformers", "torch"] + (["vllm"] if backend == "vllm" else [])
-    return {name: version(name) for name in names} | {"mergekit_layerswap": __version__}
 
 
 class ResultCache:
@@ -273,7 +267,8 @@ def prepare(
             "the vllm backend needs the vllm package, which is not installed: "
             "pip install 'mergekit-layerswap[vllm]' (Linux with a CUDA GPU)"
         )
-    versions = library_versions("hf" if vllm_missing else settings.backend)
+    vllm = [] if vllm_missing or settings.backend != "vllm" else ["vllm"]
+    versions = mergekit_layerswap.versions("lm_eval", "transformers", "torch", *vllm)
     task_set = check(columns.resolve, settings)
     identities = [check(resolve_model, model) for model in models]
     device = None if settings.backend == "vllm" else check(_resolve_device, settings)

@@ -9,9 +9,9 @@ The steps to run are tasks (`suite.tasks`), run here (`executor: local`) or on a
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
+import mergekit_layerswap
 from mergekit_layerswap import checkpoint, hub
 from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.evaluate import columns
@@ -24,11 +24,6 @@ from mergekit_layerswap.suite.executor import choose
 from mergekit_layerswap.suite.schema import Entry, Suite
 from mergekit_layerswap.suite.store import Store, digest, read_json, write_json
 from mergekit_layerswap.suite.tasks import Context, Step, run_local
-
-
-def _versions() -> dict[str, str]:
-    names = ("mergekit", "mergekit-layerswap", "lm_eval", "transformers", "torch")
-    return {name: importlib.metadata.version(name) for name in names}
 
 
 def _fingerprint(reference: str) -> str:
@@ -93,7 +88,7 @@ def plan(
     force: bool,
 ) -> list[Step]:
     """Decide, from keys alone, which merges and evaluations must run."""
-    versions = _versions()
+    versions = mergekit_layerswap.versions("mergekit", "lm_eval", "transformers", "torch")
     columns = {"languages": settings.languages, "tasks": settings.tasks}
     score_settings = {**settings.scoring_key(), **columns}
     if task_set.include_digest is not None:  # the task files decide scores too
