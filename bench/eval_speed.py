@@ -56,9 +56,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="problems per language (default: all 250)")
     parser.add_argument("--batch-size", default=str(DEFAULT_HF_BATCH_SIZE))
     parser.add_argument(
-        "--data-dir", type=Path,
+        "--data-dir",
+        type=Path,
         default=Path(os.environ.get("MGSM_DATA_DIR", ROOT.parent / "shared" / "mgsm" / "hf")),
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     languages = parse_languages(args.languages)
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -73,17 +74,45 @@ def main() -> None:
             datasets.load_dataset(str(args.data_dir), code)
 
         ours = [
-            sys.executable, "-m", "mergekit_layerswap.cli", "eval", str(model),
-            "--languages", ",".join(languages), "--mode", MODE, "--data-dir", str(args.data_dir),
-            "--batch-size", args.batch_size, "--output", str(work / "ours"), *limit,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "mergekit_layerswap.cli",
+            "eval",
+            str(model),
+            "--languages",
+            ",".join(languages),
+            "--mode",
+            MODE,
+            "--data-dir",
+            str(args.data_dir),
+            "--batch-size",
+            args.batch_size,
+            "--output",
+            str(work / "ours"),
+            *limit,
+        ]
         write_task_group(work, MODE, languages, args.data_dir)
         raw = [
-            sys.executable, "-m", "lm_eval", "run", "--model", "hf",
-            "--model_args", f"pretrained={model}", "--tasks", "mergekit_layerswap_mgsm",
-            "--include_path", str(work), "--batch_size", args.batch_size, "--device", "cpu",
-            "--output_path", str(work / "raw"), *limit,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "lm_eval",
+            "run",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={model}",
+            "--tasks",
+            "mergekit_layerswap_mgsm",
+            "--include_path",
+            str(work),
+            "--batch_size",
+            args.batch_size,
+            "--device",
+            "cpu",
+            "--output_path",
+            str(work / "raw"),
+            *limit,
+        ]
         ours_s = timed(ours, work / "ours.log")
         raw_s = timed(raw, work / "raw.log")
         cached_s = timed(ours, work / "cached.log")

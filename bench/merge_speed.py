@@ -72,11 +72,19 @@ def build_expert(folder: Path, seed: int, layers: int, hidden: int, tokenizer: P
     folder.mkdir(parents=True)
     inter, vocab, kv = int(hidden * 2.75), 32000, hidden // 4
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-        "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 16,
-        "num_key_value_heads": 4, "vocab_size": vocab, "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16", "rms_norm_eps": 1e-5, "max_position_embeddings": 4096,
-    }  # fmt: skip
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "vocab_size": vocab,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 4096,
+    }
     (folder / "config.json").write_text(json.dumps(config))
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer / name, folder / name)
@@ -146,14 +154,31 @@ def measure(kind: str, command: list[str], inputs: list[Path], env: dict, work: 
     with tempfile.NamedTemporaryFile("r") as report:
         start = time.time()
         subprocess.run(
-            ["/usr/bin/time", "-o", report.name, "-f", "%M %I", sys.executable,
-             str(work / "timed.py"), str(marks), kind, *command],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
+            [
+                "/usr/bin/time",
+                "-o",
+                report.name,
+                "-f",
+                "%M %I",
+                sys.executable,
+                str(work / "timed.py"),
+                str(marks),
+                kind,
+                *command,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         end = time.time()
         rss_kb, blocks = report.read().split()[-2:]
-    return {"wall": end - start, "net": float(marks.read_text()), "rss": int(rss_kb) * 1024,
-            "read": int(blocks) * 512}  # fmt: skip
+    return {
+        "wall": end - start,
+        "net": float(marks.read_text()),
+        "rss": int(rss_kb) * 1024,
+        "read": int(blocks) * 512,
+    }
 
 
 def main() -> None:
@@ -174,16 +199,30 @@ def main() -> None:
     n = args.layers
     swap = {"bottom": BOTTOM, "top": TOP}
     configs = {
-        "swap": {"merge_method": "layer_swap", "base_model": str(host), "dtype": "bfloat16",
-                 "models": [{"model": str(host)}, {"model": str(donor), "parameters": swap}]},
-        "passthrough": {"merge_method": "passthrough", "dtype": "bfloat16", "slices": [
-            {"sources": [{"model": str(donor), "layer_range": [0, BOTTOM]}]},
-            {"sources": [{"model": str(host), "layer_range": [BOTTOM, n - TOP]}]},
-            {"sources": [{"model": str(donor), "layer_range": [n - TOP, n]}]}]},
-        "linear": {"merge_method": "linear", "dtype": "bfloat16", "models": [
-            {"model": str(host), "parameters": {"weight": 0.5}},
-            {"model": str(donor), "parameters": {"weight": 0.5}}]},
-    }  # fmt: skip
+        "swap": {
+            "merge_method": "layer_swap",
+            "base_model": str(host),
+            "dtype": "bfloat16",
+            "models": [{"model": str(host)}, {"model": str(donor), "parameters": swap}],
+        },
+        "passthrough": {
+            "merge_method": "passthrough",
+            "dtype": "bfloat16",
+            "slices": [
+                {"sources": [{"model": str(donor), "layer_range": [0, BOTTOM]}]},
+                {"sources": [{"model": str(host), "layer_range": [BOTTOM, n - TOP]}]},
+                {"sources": [{"model": str(donor), "layer_range": [n - TOP, n]}]},
+            ],
+        },
+        "linear": {
+            "merge_method": "linear",
+            "dtype": "bfloat16",
+            "models": [
+                {"model": str(host), "parameters": {"weight": 0.5}},
+                {"model": str(donor), "parameters": {"weight": 0.5}},
+            ],
+        },
+    }
     configs["swap+transition"] = {**configs["swap"], "parameters": {"transition": 1}}
     for name, config in configs.items():
         (work / f"{name}.yml").write_text(yaml.safe_dump(config))
@@ -192,15 +231,33 @@ def main() -> None:
     out = work / "out"
 
     def floor(transition: int) -> tuple[str, list[str], dict]:
-        return ("floor", [str(work / "floor.py"), str(host), str(donor), str(out), str(BOTTOM),
-                          str(TOP), str(transition), str(n)], {})  # fmt: skip
+        return (
+            "floor",
+            [
+                str(work / "floor.py"),
+                str(host),
+                str(donor),
+                str(out),
+                str(BOTTOM),
+                str(TOP),
+                str(transition),
+                str(n),
+            ],
+            {},
+        )
 
     def yaml_run(config: str, **env: str) -> tuple[str, list[str], dict]:
         command = ["mergekit-yaml", str(work / f"{config}.yml"), str(out), "--no-copy-tokenizer"]
         return ("mergekit-yaml", command, env)
 
-    merge = ["mergekit-layerswap", "merge", str(work / "swap.yml"), str(out), "--quiet",
-             "--no-copy-tokenizer"]  # fmt: skip
+    merge = [
+        "mergekit-layerswap",
+        "merge",
+        str(work / "swap.yml"),
+        str(out),
+        "--quiet",
+        "--no-copy-tokenizer",
+    ]
     cases = {
         SWAP: yaml_run("swap"),
         MERGE: ("ours", merge, {}),
@@ -231,8 +288,10 @@ def main() -> None:
     )
     print(f"{'case':<48} {'wall s':>7} {'net s':>7} {'RSS GB':>7} {'read GB':>8}")
     for name, s in summary.items():
-        print(f"{name:<48} {s['wall']:7.2f} {s['net']:7.2f} {s['rss'] / 1e9:7.2f} "
-              f"{s['read'] / 1e9:8.2f}")  # fmt: skip
+        print(
+            f"{name:<48} {s['wall']:7.2f} {s['net']:7.2f} {s['rss'] / 1e9:7.2f} "
+            f"{s['read'] / 1e9:8.2f}"
+        )
     print(f"\noutput bytes: {output_bytes / 1e9:.2f} GB")
 
     def ratio(a: str, b: str, key: str = "net") -> float:

@@ -40,10 +40,18 @@ def validate_config(folder: Path) -> Path:
     host = tiny.build_model(folder / "math", num_layers=8, seed=1)
     donor = tiny.build_model(folder / "sw", num_layers=8, seed=2, tokenizer_dir=host)
     config = folder / "swap.yml"
-    config.write_text(yaml.safe_dump({
-        "merge_method": "layer_swap", "base_model": str(host),
-        "models": [{"model": str(host)}, {"model": str(donor), "parameters": {"bottom": 2}}],
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "layer_swap",
+                "base_model": str(host),
+                "models": [
+                    {"model": str(host)},
+                    {"model": str(donor), "parameters": {"bottom": 2}},
+                ],
+            }
+        )
+    )
     return config
 
 
@@ -62,8 +70,10 @@ def main() -> None:
     print(f"python -c pass (wall)       : {bare * 1000:7.1f} ms")
     print(f".pth hook import (cumulative): {hook:7.2f} ms  (target < 20 ms)")
     for label, seconds in (("--help", helps), ("validate", checks)):
-        print(f"mergekit-layerswap {label:<9}: {seconds * 1000:7.1f} ms  "
-              f"({seconds / bare:.2f}x bare python; target < 500 ms)")  # fmt: skip
+        print(
+            f"mergekit-layerswap {label:<9}: {seconds * 1000:7.1f} ms  "
+            f"({seconds / bare:.2f}x bare python; target < 500 ms)"
+        )
 
 
 if __name__ == "__main__":

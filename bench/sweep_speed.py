@@ -50,23 +50,33 @@ def main() -> None:
     host = tiny.build_model(work / "math", num_layers=args.layers, seed=1, tokenizer_dir=tokenizer)
     donor = tiny.build_model(work / "sw", num_layers=args.layers, seed=2, tokenizer_dir=tokenizer)
     grid = {"bottom": [1, 2], "top": [1, 2], "transition": [0, 1]}
-    print(f"{len(grid['bottom']) * len(grid['top']) * len(grid['transition'])} variants, "
-          f"{args.layers}-layer tiny experts, MGSM sw+en, first {args.limit} problems")  # fmt: skip
+    print(
+        f"{len(grid['bottom']) * len(grid['top']) * len(grid['transition'])} variants, "
+        f"{args.layers}-layer tiny experts, MGSM sw+en, first {args.limit} problems"
+    )
     for in_memory in (True, False):
-        suite = parse_suite({
-            "models": {"math": str(host), "sw": str(donor)},
-            "sweep": {"base_model": "math", "donor": "sw", "in_memory": in_memory, **grid},
-            "evaluation": {"languages": ["sw", "en"], "limit": args.limit, "max_gen_toks": 64,
-                           **({"data_dir": args.data_dir} if args.data_dir else {})},
-        })  # fmt: skip
+        suite = parse_suite(
+            {
+                "models": {"math": str(host), "sw": str(donor)},
+                "sweep": {"base_model": "math", "donor": "sw", "in_memory": in_memory, **grid},
+                "evaluation": {
+                    "languages": ["sw", "en"],
+                    "limit": args.limit,
+                    "max_gen_toks": 64,
+                    **({"data_dir": args.data_dir} if args.data_dir else {}),
+                },
+            }
+        )
         EVAL_SECONDS.clear()
         start = time.perf_counter()
         runner.run_suite(suite, work / f"out-{in_memory}")
         total = time.perf_counter() - start
         evals = sum(EVAL_SECONDS)
         label = "in memory" if in_memory else "written "
-        print(f"RESULT {label}: total {total:6.1f} s, evaluations {evals:6.1f} s, "
-              f"ratio {total / evals:.3f}")  # fmt: skip
+        print(
+            f"RESULT {label}: total {total:6.1f} s, evaluations {evals:6.1f} s, "
+            f"ratio {total / evals:.3f}"
+        )
 
 
 if __name__ == "__main__":

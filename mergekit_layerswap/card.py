@@ -264,8 +264,14 @@ def write_card(model_dir: str | Path, results: EvalResults | None = None) -> Pat
     model_dir = Path(model_dir)
     raw, text = read_config(model_dir)
     num_layers = checkpoint.model_info(str(model_dir.resolve())).num_layers
-    card = render(raw, text, name=model_dir.resolve().name, num_layers=num_layers,
-                  results=results, model_dir=model_dir)  # fmt: skip
+    card = render(
+        raw,
+        text,
+        name=model_dir.resolve().name,
+        num_layers=num_layers,
+        results=results,
+        model_dir=model_dir,
+    )
     path = model_dir / CARD_FILE
     write_atomic(path, card)
     return path

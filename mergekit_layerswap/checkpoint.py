@@ -263,9 +263,7 @@ def read_header(path: str) -> dict[str, Stored]:
                 stored[name] = Stored(path, info["dtype"], tuple(info["shape"]), start, end)
     except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
         reason = first_line(error)
-        raise InputError(
-            f"{path}: not a readable safetensors file ({reason}); {problem}"
-        ) from None
+        raise InputError(f"{path}: not a readable safetensors file ({reason}); {problem}") from None
     end = max((item.end for item in stored.values()), default=0)
     if end > size:
         raise InputError(

@@ -167,8 +167,9 @@ def _write_shard(path: Path, tensors: list[OutputTensor], files: dict, progress:
             if tensor.source is None:
                 data = memoryview(tensor.compute()).cast("B")
                 if len(data) != tensor.nbytes:
-                    raise ValueError(f"{tensor.name}: computed {len(data)} bytes, "
-                                     f"expected {tensor.nbytes}")  # fmt: skip
+                    raise ValueError(
+                        f"{tensor.name}: computed {len(data)} bytes, expected {tensor.nbytes}"
+                    )
                 while data:
                     data = data[os.write(target, data) :]
             else:

@@ -24,10 +24,19 @@ METHOD = "layer_swap"
 #: Top-level keys of mergekit 0.1.5's MergeConfiguration (pinned by a test).
 MERGEKIT_KEYS = frozenset(
     {
-        "modules", "slices", "models", "merge_method", "base_model", "dtype",
-        "tokenizer_source", "tokenizer", "chat_template", "out_dtype", "parameters",
+        "modules",
+        "slices",
+        "models",
+        "merge_method",
+        "base_model",
+        "dtype",
+        "tokenizer_source",
+        "tokenizer",
+        "chat_template",
+        "out_dtype",
+        "parameters",
     }
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -223,7 +232,9 @@ def check_plan(raw: dict) -> tuple[LayerSwapPlan | None, list[str]]:
         seen[same] = where[ref] = f"models[{i}].model"
         fields[ref] = f"models[{i}].parameters"
         values, found = _parameters(
-            fields[ref], entry.get("parameters"), donor_names,
+            fields[ref],
+            entry.get("parameters"),
+            donor_names,
             dict.fromkeys(shared_names, _SHARED_ONLY),
         )
         claim, typed = _typed(swap.Claim, dict.fromkeys(values, fields[ref]), donor=ref, **values)

@@ -69,10 +69,14 @@ class HubStandIn:
                     hub.branches.append((repo, path.rsplit("/", 1)[1]))
                 elif "/preupload/" in path:
                     files = json.loads(body)["files"]
-                    return self._send({"files": [
-                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                        for f in files
-                    ]})  # fmt: skip
+                    return self._send(
+                        {
+                            "files": [
+                                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                for f in files
+                            ]
+                        }
+                    )
                 elif "/commit/" in path:
                     for line in body.decode().splitlines():
                         item = json.loads(line)

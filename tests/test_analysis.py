@@ -100,9 +100,16 @@ def test_figures_show_where_each_expert_changed(result):
 
 def test_parameter_types_and_rows_come_from_mergekit(result):
     assert result.parameters == [
-        "input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", "post_attention_layernorm",
-        "up_proj", "gate_proj", "down_proj",
-    ]  # fmt: skip
+        "input_layernorm",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "post_attention_layernorm",
+        "up_proj",
+        "gate_proj",
+        "down_proj",
+    ]
     outside = [name for layer, name in result.order if layer is None]
     assert outside == ["embed_tokens", "norm", "lm_head"]
     assert [layer for layer, _ in result.order if layer is not None] == list(range(LAYERS))
@@ -144,9 +151,15 @@ def test_outputs(result):
     out = result.files[0].parent
     names = {p.name for p in result.files}
     assert names == {
-        "analysis.json", "analysis.csv", "heatmap-math.png", "heatmap-swahili.png",
-        "heatmap-code.png", "layers.png", "suggested-layerswap.yml", "report.md",
-    }  # fmt: skip
+        "analysis.json",
+        "analysis.csv",
+        "heatmap-math.png",
+        "heatmap-swahili.png",
+        "heatmap-code.png",
+        "layers.png",
+        "suggested-layerswap.yml",
+        "report.md",
+    }
     data = json.loads((out / "analysis.json").read_text())
     assert data["num_layers"] == LAYERS and data["architecture"] == "LlamaForCausalLM"
     with open(out / "analysis.csv") as handle:
@@ -184,8 +197,10 @@ def test_suggested_config_runs_with_stock_mergekit_yaml(result, family, tmp_path
     config = result.files[0].parent / analysis.SUGGESTION_FILE
     run = subprocess.run(
         [str(MERGEKIT_YAML), str(config), str(tmp_path / "merged")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     merged = _weights(tmp_path / "merged")
     host, donor = _weights(family["math"]), _weights(family["swahili"])
@@ -247,8 +262,10 @@ def test_parameter_types_for_every_tiny_architecture(arch, tmp_path):
     }
     assert extra.get(arch, set()) <= types
     assert [r.parameter for r in layout.roles if r.layer is None] == [
-        "embed_tokens", "norm", "lm_head"
-    ]  # fmt: skip
+        "embed_tokens",
+        "norm",
+        "lm_head",
+    ]
 
 
 def test_cli_tied_gemma2_without_host_or_donor(make_model, tmp_path, capsys):
@@ -268,11 +285,24 @@ def test_cli_tied_gemma2_without_host_or_donor(make_model, tmp_path, capsys):
 
 def test_cli_no_outer_layer_won_writes_no_config(family, tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli.main([
-        "analyze", "--base", str(family["base"]), "--expert", f"swahili={family['swahili']}",
-        "--expert", f"math={family['math']}", "--output", str(out), "--quiet",
-        "--host", "swahili", "--donor", "math",
-    ])  # fmt: skip
+    code = cli.main(
+        [
+            "analyze",
+            "--base",
+            str(family["base"]),
+            "--expert",
+            f"swahili={family['swahili']}",
+            "--expert",
+            f"math={family['math']}",
+            "--output",
+            str(out),
+            "--quiet",
+            "--host",
+            "swahili",
+            "--donor",
+            "math",
+        ]
+    )
     assert code == 0
     assert "no outer layer changed more in math than in swahili" in capsys.readouterr().out
     assert not (out / analysis.SUGGESTION_FILE).exists()

@@ -30,8 +30,12 @@ def merged(make_model, tmp_path_factory) -> Path:
     config.write_text(
         yaml.safe_dump(layer_swap(host, {donor: {"bottom": 2, "top": 1}}, transition=1))
     )
-    subprocess.run([str(BIN / "mergekit-yaml"), str(config), str(folder / "model")],
-                   check=True, capture_output=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [str(BIN / "mergekit-yaml"), str(config), str(folder / "model")],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return folder / "model"
 
 
@@ -50,10 +54,14 @@ def test_stock_mergekit_yaml_writes_our_card(merged):
     raw = yaml.safe_load((merged / "mergekit_config.yml").read_text())
     host, donor = f"`{raw['base_model']}` (host)", f"`{raw['models'][1]['model']}`"
     assert table_rows(text) == [
-        ("embeddings", donor), ("0–1", donor), ("2", f"0.5 × {donor} + 0.5 × {host}"),
-        ("3–5", host), ("6", f"0.5 × {donor} + 0.5 × {host}"), ("7", donor),
+        ("embeddings", donor),
+        ("0–1", donor),
+        ("2", f"0.5 × {donor} + 0.5 × {host}"),
+        ("3–5", host),
+        ("6", f"0.5 × {donor} + 0.5 × {host}"),
+        ("7", donor),
         ("final norm + lm_head", donor),
-    ]  # fmt: skip
+    ]
     assert "mergekit-yaml mergekit_config.yml OUT" in text and "bandarkar2025" in text
 
 
@@ -71,9 +79,22 @@ def test_layer_map_of_a_middle_swap_is_compact():
 def results(merged, mgsm_hf_dir, tmp_path_factory) -> Path:
     """`eval --limit 2` of the merged model: a partial evaluation."""
     results = tmp_path_factory.mktemp("results")
-    code = cli.main(["eval", str(merged), "--languages", "sw,en", "--limit", "2",
-                     "--max-gen-toks", "16", "--data-dir", str(mgsm_hf_dir),
-                     "--output", str(results)])  # fmt: skip
+    code = cli.main(
+        [
+            "eval",
+            str(merged),
+            "--languages",
+            "sw,en",
+            "--limit",
+            "2",
+            "--max-gen-toks",
+            "16",
+            "--data-dir",
+            str(mgsm_hf_dir),
+            "--output",
+            str(results),
+        ]
+    )
     assert code == 0
     return results
 
@@ -125,8 +146,12 @@ def broken_copies(merged: Path, root: Path) -> dict[str, tuple[Path, str]]:
     cases["no-config"] = (folder, "config.json is missing")
     folder = copy("missing-shard")
     (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
-    index = {"weight_map": {"a": "model-00001-of-00002.safetensors",
-                            "b": "model-00002-of-00002.safetensors"}}  # fmt: skip
+    index = {
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        }
+    }
     (folder / complete.INDEX).write_text(json.dumps(index))
     cases["missing-shard"] = (folder, "model-00002-of-00002.safetensors is listed in")
     folder = copy("truncated")
@@ -182,14 +207,24 @@ def test_push_refuses_a_bad_repo_id_and_reports_no_network_in_one_line(merged, c
 def test_upload_reaches_the_hub_without_leaking_the_token(merged):
     standin = HubStandIn()
     secret = "hf_" + "s3cr3t" * 6
-    env = {**os.environ, "HF_ENDPOINT": standin.endpoint, "HF_TOKEN": secret,
-           "HF_HUB_OFFLINE": "0"}  # fmt: skip
+    env = {**os.environ, "HF_ENDPOINT": standin.endpoint, "HF_TOKEN": secret, "HF_HUB_OFFLINE": "0"}
     try:
         result = subprocess.run(
-            [str(BIN / "mergekit-layerswap"), "push", str(merged), "--repo-id", "me/swap",
-             "--private", "--revision", "exp"], env=env, capture_output=True, text=True,
+            [
+                str(BIN / "mergekit-layerswap"),
+                "push",
+                str(merged),
+                "--repo-id",
+                "me/swap",
+                "--private",
+                "--revision",
+                "exp",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
             timeout=300,
-        )  # fmt: skip
+        )
     finally:
         standin.close()
     assert result.returncode == 0, result.stderr[-2000:]
@@ -200,8 +235,9 @@ def test_upload_reaches_the_hub_without_leaking_the_token(merged):
     local = {p.name: p.read_bytes() for p in merged.iterdir() if p.is_file()}
     assert sent == local
     assert all(secret not in data.decode(errors="ignore") for data in sent.values())
-    assert any(secret in h.get("authorization", h.get("Authorization", ""))
-               for h in standin.headers_seen)  # fmt: skip
+    assert any(
+        secret in h.get("authorization", h.get("Authorization", "")) for h in standin.headers_seen
+    )
 
 
 def test_suite_push_section_publishes_chosen_merges_once(make_model, mgsm_hf_dir, tmp_path):
@@ -216,11 +252,15 @@ def test_suite_push_section_publishes_chosen_merges_once(make_model, mgsm_hf_dir
                 "models": [{"model": "math"}, {"model": "sw", "parameters": {"top": 2}}],
             }
         ],
-        "evaluation": {"languages": ["sw"], "limit": 1, "max_gen_toks": 8,
-                       "data_dir": str(mgsm_hf_dir)},
+        "evaluation": {
+            "languages": ["sw"],
+            "limit": 1,
+            "max_gen_toks": 8,
+            "data_dir": str(mgsm_hf_dir),
+        },
         "push": {"namespace": "me", "merges": ["swap"]},
         "keep_weights": False,
-    }  # fmt: skip
+    }
     path = tmp_path / "suite.yml"
     path.write_text(yaml.safe_dump(suite))
     standin = HubStandIn()

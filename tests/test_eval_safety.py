@@ -70,8 +70,12 @@ def test_unreachable_hub_is_one_line_and_not_retried(make_model, tmp_path):
     with closed:
         done = subprocess.run(
             [sys.executable, "-m", "mergekit_layerswap.cli", *argv],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     lines = done.stderr.splitlines()
     assert done.returncode == 2, done.stderr
     assert len(lines) == 2 and "Retrying" not in done.stderr, done.stderr
@@ -102,8 +106,12 @@ def test_eval_outside_git_checkout_keeps_stderr_to_progress_bars(make_model, mgs
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "mergekit_layerswap.cli", "eval", *argv],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert subprocess.run(["git", "rev-parse"], cwd=tmp_path, capture_output=True).returncode
     lines = [part for part in re.split(r"[\r\n]+", done.stderr) if part.strip()]

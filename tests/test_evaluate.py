@@ -52,9 +52,15 @@ def test_settings_defaults_validation_and_json(monkeypatch, tmp_path):
     assert EvalSettings.from_json(json.loads(json.dumps(settings.to_json()))) == settings
     assert EvalSettings(data_dir=None).data_dir is None  # explicit None: the Hub, env or not
     for bad in (
-        {"mode": "cot"}, {"num_fewshot": 9}, {"limit": 0}, {"max_gen_toks": 0},
-        {"backend": "tgi"}, {"batch_size": 0}, {"batch_size": "big"}, {"device": "tpu"},
-    ):  # fmt: skip
+        {"mode": "cot"},
+        {"num_fewshot": 9},
+        {"limit": 0},
+        {"max_gen_toks": 0},
+        {"backend": "tgi"},
+        {"batch_size": 0},
+        {"batch_size": "big"},
+        {"device": "tpu"},
+    ):
         with pytest.raises(InputError):
             EvalSettings.checked(**bad)
 
@@ -163,18 +169,28 @@ def test_tiny_llama_end_to_end(make_model, mgsm_hf_dir, tmp_path, capsys):
     data = json.loads((out / "results.json").read_text())
     assert (data["benchmark"], data["headline"]) == ("MGSM", "exact_match (flexible-extract)")
     assert data["settings"] == {
-        "languages": ["sw", "en"], "mode": "native_cot", "num_fewshot": 0, "limit": 2,
-        "batch_size": 64, "max_gen_toks": 24, "backend": "hf", "device": None,
-        "data_dir": str(mgsm_hf_dir.resolve()), "log_samples": True,
-    }  # fmt: skip
+        "languages": ["sw", "en"],
+        "mode": "native_cot",
+        "num_fewshot": 0,
+        "limit": 2,
+        "batch_size": 64,
+        "max_gen_toks": 24,
+        "backend": "hf",
+        "device": None,
+        "data_dir": str(mgsm_hf_dir.resolve()),
+        "log_samples": True,
+    }
     assert data["versions"]["lm_eval"] == version("lm_eval") == "0.4.13"
     assert data["versions"]["transformers"] == version("transformers")
     [entry] = data["models"]
     slug = f"{model_a.name}-{fingerprint_dir(model_a)[:10]}"
     assert entry["identity"] == {
-        "model": str(model_a), "source": "local", "location": str(model_a.resolve()),
-        "revision": None, "fingerprint": fingerprint_dir(model_a),
-    }  # fmt: skip
+        "model": str(model_a),
+        "source": "local",
+        "location": str(model_a.resolve()),
+        "revision": None,
+        "fingerprint": fingerprint_dir(model_a),
+    }
     scores = []
     for code in ("sw", "en"):
         result = entry["languages"][code]

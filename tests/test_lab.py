@@ -53,8 +53,12 @@ def test_training_is_deterministic(tmp_path):
     settings = run.LabSettings(seeds=1, base_steps=8, expert_steps=4)
     excluded = tasks.build("sw", 4, settings.test_seed).excludes
     quiet = lambda *_: lambda *_: None  # noqa: E731
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                           capture_output=True, text=True, check=True)
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     debris = tmp_path / "a" / f".math.partial-{int(ended.stdout)}"  # a killed run's leftovers
     debris.mkdir(parents=True)
     first = run.train_models(settings, 0, tmp_path / "a", excluded, quiet)
@@ -92,8 +96,10 @@ def test_smallest_lab_is_not_degenerate_resumes_and_reruns_identically(tmp_path)
     settings = run.LabSettings(**CI)
     data = run.run_lab(out, settings)
     math_sw, math_en, read_sw = data["columns"]
-    scores = {name: {c: v["exact_match"] for c, v in model["columns"].items()}
-              for name, model in data["seeds"]["0"]["models"].items()}  # fmt: skip
+    scores = {
+        name: {c: v["exact_match"] for c, v in model["columns"].items()}
+        for name, model in data["seeds"]["0"]["models"].items()
+    }
     assert scores["math"][math_en] > 0.1  # the math expert on English math
     assert scores["lang"][read_sw] > 0.5  # the language expert on target reading
     assert scores["math"] != scores["lang"]

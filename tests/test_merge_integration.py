@@ -28,8 +28,11 @@ def mergekit_yaml(raw: dict, tmp_path: Path, name: str = "out", **env: str) -> P
     out = tmp_path / name
     result = subprocess.run(
         [str(MERGEKIT_YAML), str(config), str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, **env},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -139,8 +142,9 @@ def test_in_memory_merge_state_dicts(make_model):
         from_donor = layer in (0, 5, 6) or "embed" in name
         assert torch.equal(tensor, (b if from_donor else a)[name]), name
     with pytest.raises(ValueError, match="num_layers"):
-        merge_state_dicts({"math": a, "sw": b}, "layer_swap", base="math",
-                          parameters={"bottom": {"sw": 1}})  # fmt: skip
+        merge_state_dicts(
+            {"math": a, "sw": b}, "layer_swap", base="math", parameters={"bottom": {"sw": 1}}
+        )
 
 
 def test_compiled_slices_equal_the_rule_bit_for_bit(make_model, tmp_path):
@@ -149,19 +153,25 @@ def test_compiled_slices_equal_the_rule_bit_for_bit(make_model, tmp_path):
 
     host, first, second = (make_model("qwen2", 16, seed=s) for s in (4, 5, 6))
     raw = layer_swap(
-        host, {first: {"bottom": 2, "layers": "6-7"}, second: {"top": 2}},
-        transition=2, head_source="base",
-    )  # fmt: skip
+        host,
+        {first: {"bottom": 2, "layers": "6-7"}, second: {"top": 2}},
+        transition=2,
+        head_source="base",
+    )
     out = mergekit_yaml(raw, tmp_path)
     expected = merge_state_dicts(
         {"h": tensors(host), "a": tensors(first), "b": tensors(second)},
         "layer_swap",
         base="h",
         parameters={
-            "bottom": {"a": 2, "b": 0}, "top": {"a": 0, "b": 2}, "layers": {"a": "6-7", "b": ""},
-            "transition": 2, "head_source": "base", "num_layers": 16,
+            "bottom": {"a": 2, "b": 0},
+            "top": {"a": 0, "b": 2},
+            "layers": {"a": "6-7", "b": ""},
+            "transition": 2,
+            "head_source": "base",
+            "num_layers": 16,
         },
-    )  # fmt: skip
+    )
     merged = tensors(out)
     assert set(merged) == set(expected)
     assert all(torch.equal(merged[name], expected[name]) for name in merged)

@@ -22,9 +22,11 @@ def test_paper_default_compiles_to_runs_of_identical_sources():
 
 def test_slices_cover_every_layer_once_with_the_rule_weights():
     config = SwapConfig(
-        "h", (Claim("a", bottom=2), Claim("b", layers="9-12")), transition=2,
+        "h",
+        (Claim("a", bottom=2), Claim("b", layers="9-12")),
+        transition=2,
         embed_source="base",
-    )  # fmt: skip
+    )
     slices = compile_slices(config, 16)
     assert slices[0] == SliceSpec(0, 0, {"h": 1.0}) and slices[-1] == SliceSpec(16, 16, {"h": 1.0})
     covered = [layer for s in slices[1:-1] for layer in range(s.start, s.end)]

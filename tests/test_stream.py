@@ -90,9 +90,12 @@ def test_shards_and_index_match_mergekits_tensor_writer(tmp_path):
         writer.save_tensor(name, tensor)
     writer.finalize()
     names = stream.write_model(
-        tmp_path / "ours", as_output(data, stored), max_shard_size=limit,
-        index_metadata={"mergekit_version": "0.1.5"}, quiet=True,
-    )  # fmt: skip
+        tmp_path / "ours",
+        as_output(data, stored),
+        max_shard_size=limit,
+        index_metadata={"mergekit_version": "0.1.5"},
+        quiet=True,
+    )
     theirs = sorted(p.name for p in (tmp_path / "mergekit").iterdir())
     assert len(names) > 2 and sorted([*names, "model.safetensors.index.json"]) == theirs
     ours, mergekit = tmp_path / "ours", tmp_path / "mergekit"
@@ -140,8 +143,11 @@ def run_mergekit(raw: dict, parent: Path, *args: str, stream_on: bool = True) ->
     env = {**os.environ, STREAM_ENV: "1" if stream_on else "0"}
     result = subprocess.run(
         [str(MERGEKIT_YAML), str(config), str(parent / "merged"), *args],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return parent / "merged"
 
@@ -150,10 +156,13 @@ CASES = {
     "llama bottom+top, transition 1": ("llama", {"bottom": 2, "top": 1}, {"transition": 1}, {}),
     "gemma2 (tied head)": ("gemma2", {"top": 2}, {}, {}),
     "qwen3 middle, transition 2, float32 math": (
-        "qwen3", {"layers": "3-4"}, {"transition": 2}, {"dtype": "float32"},
+        "qwen3",
+        {"layers": "3-4"},
+        {"transition": 2},
+        {"dtype": "float32"},
     ),
     "mistral, float16 output": ("mistral", {"bottom": 3}, {}, {"out_dtype": "float16"}),
-}  # fmt: skip
+}
 
 
 @pytest.mark.slow

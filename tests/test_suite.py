@@ -73,9 +73,14 @@ def test_suite_end_to_end_then_nothing_reruns(aliases, mgsm_hf_dir, tmp_path, ca
     assert code == 0, text
     names = ["math", "swap", "dare", "swap-t1-tr0", "swap-t2-tr0"]
     assert steps_run(text) == [
-        "merge 1/2 swap", "merge 2/2 dare", "eval 1/5 math", "eval 2/5 swap", "eval 3/5 dare",
-        "eval 4/5 swap-t1-tr0 (built in memory)", "eval 5/5 swap-t2-tr0 (built in memory)",
-    ]  # fmt: skip
+        "merge 1/2 swap",
+        "merge 2/2 dare",
+        "eval 1/5 math",
+        "eval 2/5 swap",
+        "eval 3/5 dare",
+        "eval 4/5 swap-t1-tr0 (built in memory)",
+        "eval 5/5 swap-t2-tr0 (built in memory)",
+    ]
     assert not (out / "merges" / "swap-t1-tr0").exists()  # sweep variants are never written
 
     board = json.loads((out / "leaderboard.json").read_text())
@@ -113,9 +118,17 @@ def test_suite_end_to_end_then_nothing_reruns(aliases, mgsm_hf_dir, tmp_path, ca
     assert saved.startswith("# reproduce: mergekit-yaml mergekit_config.yml OUT --random-seed 0")
     again = tmp_path / "again"
     subprocess.run(
-        [str(MERGEKIT_YAML), str(out / "merges" / "dare" / "mergekit_config.yml"), str(again),
-         "--random-seed", "0"], check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
+        [
+            str(MERGEKIT_YAML),
+            str(out / "merges" / "dare" / "mergekit_config.yml"),
+            str(again),
+            "--random-seed",
+            "0",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     mine, theirs = tensors(out / "merges" / "dare"), tensors(again)
     assert all(torch.equal(mine[name], theirs[name]) for name in mine)
 
@@ -134,8 +147,13 @@ def test_interrupted_suite_resumes_without_redoing_finished_work(aliases, mgsm_h
     path = tmp_path / "suite.yml"
     path.write_text(yaml.safe_dump(raw))
     command = [sys.executable, "-m", "mergekit_layerswap.cli", "suite", str(path), str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True, start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not (out / "results" / "swap.json").exists():  # two merges done, evals under way
         assert process.poll() is None and time.time() < deadline, "suite ended before the kill"
@@ -162,20 +180,30 @@ def test_interrupted_suite_resumes_without_redoing_finished_work(aliases, mgsm_h
 
 
 BAD = [
-    (lambda r: {**r, "evaluation": {"languages": ["sw"], "temperature": 0}},
-     "evaluation.temperature: unknown key"),
-    (lambda r: {**r, "evaluate_inputs": ["maths"]},
-     "'maths' is not a model alias; did you mean 'math'"),
+    (
+        lambda r: {**r, "evaluation": {"languages": ["sw"], "temperature": 0}},
+        "evaluation.temperature: unknown key",
+    ),
+    (
+        lambda r: {**r, "evaluate_inputs": ["maths"]},
+        "'maths' is not a model alias; did you mean 'math'",
+    ),
     (lambda r: {**r, "merges": r["merges"] + [r["merges"][0]]}, "swap: name used twice"),
-    (lambda r: {**r, "sweep": {**r["sweep"], "top": [7]}},
-     "swap-t7-tr0: models[1].parameters.top: top=7 exceeds the model's 6 layers"),
-    (lambda r: {**r, "merges": [{**r["merges"][1], "merge_method": "dare_tie"}]},
-     "dare: merge_method: unknown method 'dare_tie'; did you mean 'dare_ties'?"),
-    (lambda r: {**r, "merges": [{**r["merges"][0], "paramters": {}}]},
-     "merges[0] (swap).paramters: not a mergekit config key; did you mean 'parameters'"),
+    (
+        lambda r: {**r, "sweep": {**r["sweep"], "top": [7]}},
+        "swap-t7-tr0: models[1].parameters.top: top=7 exceeds the model's 6 layers",
+    ),
+    (
+        lambda r: {**r, "merges": [{**r["merges"][1], "merge_method": "dare_tie"}]},
+        "dare: merge_method: unknown method 'dare_tie'; did you mean 'dare_ties'?",
+    ),
+    (
+        lambda r: {**r, "merges": [{**r["merges"][0], "paramters": {}}]},
+        "merges[0] (swap).paramters: not a mergekit config key; did you mean 'parameters'",
+    ),
     (lambda r: {**r, "evaluation": {"languages": ["xx"]}}, "evaluation: "),
     (lambda r: {**r, "extra": 1}, "extra: unknown key"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("change", "message"), BAD, ids=[m for _, m in BAD])
@@ -222,8 +250,7 @@ def test_in_memory_sweep_variant_equals_the_written_checkpoint(aliases, mgsm_hf_
         aliases["math"], {aliases["swahili"]: {"bottom": 2, "top": 1}}, transition=1
     )
     written = merge.run(config, tmp_path / "written", MergeOptions(quiet=True))
-    settings = EvalSettings(languages=("sw", "en"), limit=3, max_gen_toks=24,
-                            data_dir=mgsm_hf_dir)  # fmt: skip
+    settings = EvalSettings(languages=("sw", "en"), limit=3, max_gen_toks=24, data_dir=mgsm_hf_dir)
     sweep = InMemorySweep(aliases["math"], aliases["swahili"], settings)
     model = sweep.build(config)
     on_disk = tensors(written)

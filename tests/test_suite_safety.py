@@ -39,9 +39,7 @@ def problems_of(raw: dict, base_dir: Path | None = None) -> list[str]:
     return error.value.problems
 
 
-def test_path_traversal_names_are_refused_and_nothing_outside_is_touched(
-    aliases, tmp_path, capsys
-):
+def test_path_traversal_names_are_refused_and_nothing_outside_is_touched(aliases, tmp_path, capsys):
     """Class: names that become paths (merges, sweep variants, aliases) escaping OUT_DIR."""
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -73,8 +71,12 @@ def test_store_refuses_paths_that_resolve_outside_its_root(tmp_path):
     store = Store(tmp_path / "out")
     (store.root / "merges").mkdir(parents=True)
     (store.root / "merges" / "swap").symlink_to(victim)  # a link planted inside OUT_DIR
-    for call in (lambda: store.clear_merge("swap"), lambda: store.merge_dir("../victim"),
-                 lambda: store.result_path("/abs"), lambda: store.eval_dir(".")):
+    for call in (
+        lambda: store.clear_merge("swap"),
+        lambda: store.merge_dir("../victim"),
+        lambda: store.result_path("/abs"),
+        lambda: store.eval_dir("."),
+    ):
         with pytest.raises(RunError):
             call()
     (store.root / "results").symlink_to(victim)  # a whole subfolder redirected
@@ -91,16 +93,36 @@ def test_every_mistake_is_reported_at_once_with_hints(aliases):
         "models": aliases,
         "evaluate_inputs": ["maths"],
         "merges": [
-            {"name": "ties", "merge_method": "ties", "base_model": "base",
-             "models": [{"model": "math", "parameters": {"weight": 1.0, "densty": 0.5}},
-                        {"model": "swahili", "parameters": {"wieght": 1.0}}]},
-            {"name": "soup", "merge_method": "linear",
-             "models": [{"model": "math", "parameters": {"weight": 0.5, "normalize": True}},
-                        {"model": "swahili"}]},
-            {"name": "slerp", "merge_method": "slerp", "base_model": "math",
-             "models": [{"model": "math"}, {"model": "swahili"}], "parameters": {"tt": 0.5}},
-            {"name": "dare", "merge_method": "dare_tie", "base_model": "base",
-             "models": [{"model": "math"}]},
+            {
+                "name": "ties",
+                "merge_method": "ties",
+                "base_model": "base",
+                "models": [
+                    {"model": "math", "parameters": {"weight": 1.0, "densty": 0.5}},
+                    {"model": "swahili", "parameters": {"wieght": 1.0}},
+                ],
+            },
+            {
+                "name": "soup",
+                "merge_method": "linear",
+                "models": [
+                    {"model": "math", "parameters": {"weight": 0.5, "normalize": True}},
+                    {"model": "swahili"},
+                ],
+            },
+            {
+                "name": "slerp",
+                "merge_method": "slerp",
+                "base_model": "math",
+                "models": [{"model": "math"}, {"model": "swahili"}],
+                "parameters": {"tt": 0.5},
+            },
+            {
+                "name": "dare",
+                "merge_method": "dare_tie",
+                "base_model": "base",
+                "models": [{"model": "math"}],
+            },
             swap_merge("bad/name"),
         ],
         "evaluation": {"languages": ["sw"]},
@@ -122,14 +144,29 @@ def test_every_mistake_is_reported_at_once_with_hints(aliases):
     for line in expected:
         assert any(p.startswith(line) for p in problems), (line, problems)
     # the correct spellings pass: the check knows what mergekit accepts
-    fixed = {**raw, "evaluate_inputs": ["math"], "merges": [
-        {"name": "ties", "merge_method": "ties", "base_model": "base",
-         "parameters": {"normalize": True},
-         "models": [{"model": "math", "parameters": {"weight": 1.0, "density": 0.5}},
-                    {"model": "swahili", "parameters": {"weight": 1.0}}]},
-        {"name": "slerp", "merge_method": "slerp", "base_model": "math",
-         "models": [{"model": "math"}, {"model": "swahili"}], "parameters": {"t": 0.5}},
-    ]}
+    fixed = {
+        **raw,
+        "evaluate_inputs": ["math"],
+        "merges": [
+            {
+                "name": "ties",
+                "merge_method": "ties",
+                "base_model": "base",
+                "parameters": {"normalize": True},
+                "models": [
+                    {"model": "math", "parameters": {"weight": 1.0, "density": 0.5}},
+                    {"model": "swahili", "parameters": {"weight": 1.0}},
+                ],
+            },
+            {
+                "name": "slerp",
+                "merge_method": "slerp",
+                "base_model": "math",
+                "models": [{"model": "math"}, {"model": "swahili"}],
+                "parameters": {"t": 0.5},
+            },
+        ],
+    }
     assert [e.name for e in parse_suite(fixed).entries] == ["math", "ties", "slerp"]
 
 
@@ -149,8 +186,9 @@ def test_missing_data_folder_and_models_are_refused_before_the_first_merge(
 
     a_file = tmp_path / "a-file"
     a_file.write_text("")
-    code, text = run_cli(tmp_path, {**raw, "evaluation": {"languages": ["sw"]}},
-                         a_file / "out", capsys)
+    code, text = run_cli(
+        tmp_path, {**raw, "evaluation": {"languages": ["sw"]}}, a_file / "out", capsys
+    )
     assert code == 2 and "cannot write to the output directory" in text
 
 
@@ -158,8 +196,11 @@ def test_a_second_run_on_the_same_output_folder_is_refused(aliases, mgsm_hf_dir,
     """Class: two suites on one OUT_DIR at once (a lock naming the other run's pid)."""
     import os
 
-    raw = {"models": aliases, "evaluate_inputs": ["math"],
-           "evaluation": {"languages": ["sw"], "data_dir": str(mgsm_hf_dir)}}
+    raw = {
+        "models": aliases,
+        "evaluate_inputs": ["math"],
+        "evaluation": {"languages": ["sw"], "data_dir": str(mgsm_hf_dir)},
+    }
     out = tmp_path / "out"
     with Store(out).lock():
         code, text = run_cli(tmp_path, raw, out, capsys)
@@ -196,12 +237,20 @@ def test_a_sweep_variant_equal_to_a_merge_is_scored_once(aliases):
     raw = {
         "models": aliases,
         "merges": [merge],
-        "sweep": {"base_model": "math", "donor": "swahili", "bottom": [1, 2], "top": [1],
-                  "transition": [0, 1]},
+        "sweep": {
+            "base_model": "math",
+            "donor": "swahili",
+            "bottom": [1, 2],
+            "top": [1],
+            "transition": [0, 1],
+        },
         "evaluation": {"languages": ["sw"]},
     }
     suite = parse_suite(raw)
     assert suite.duplicates == {"swap-b2-t1-tr1": "swap-b2-t1"}
     assert [e.name for e in suite.entries] == [
-        "swap-b2-t1", "swap-b1-t1-tr0", "swap-b1-t1-tr1", "swap-b2-t1-tr0"
+        "swap-b2-t1",
+        "swap-b1-t1-tr0",
+        "swap-b1-t1-tr1",
+        "swap-b2-t1-tr0",
     ]

@@ -129,8 +129,11 @@ def differences(
     versions (`name old -> new`)."""
 
     def columns(s: EvalSettings) -> dict[str, Any]:
-        return {"languages": list(s.languages), "tasks": list(s.tasks),
-                "include_path": str(s.include_path or "")}  # fmt: skip
+        return {
+            "languages": list(s.languages),
+            "tasks": list(s.tasks),
+            "include_path": str(s.include_path or ""),
+        }
 
     before = {**columns(results.settings), **results.settings.scoring_key()}
     after = {**columns(settings), **settings.scoring_key()}

@@ -23,12 +23,33 @@ import random
 from dataclasses import dataclass
 
 LANGUAGES = ("en", "sw")
-NAMES = ("Amina", "Juma", "Neema", "Baraka", "Zawadi", "Imani", "Rehema", "Hassani", "Pendo",
-         "Tumaini", "Musa", "Halima")
+NAMES = (
+    "Amina",
+    "Juma",
+    "Neema",
+    "Baraka",
+    "Zawadi",
+    "Imani",
+    "Rehema",
+    "Hassani",
+    "Pendo",
+    "Tumaini",
+    "Musa",
+    "Halima",
+)
 #: (English plural, Swahili) object words.
-OBJECTS = (("apples", "matofaa"), ("books", "vitabu"), ("pens", "kalamu"), ("eggs", "mayai"),
-           ("cups", "vikombe"), ("mangoes", "maembe"), ("chairs", "viti"), ("shoes", "viatu"),
-           ("bananas", "ndizi"), ("balls", "mipira"))
+OBJECTS = (
+    ("apples", "matofaa"),
+    ("books", "vitabu"),
+    ("pens", "kalamu"),
+    ("eggs", "mayai"),
+    ("cups", "vikombe"),
+    ("mangoes", "maembe"),
+    ("chairs", "viti"),
+    ("shoes", "viatu"),
+    ("bananas", "ndizi"),
+    ("balls", "mipira"),
+)
 #: MGSM's native chain-of-thought prompt words (lm-eval's mgsm_native_cot_{en,sw}).
 PROMPT = {
     "en": ("Question:", "Step-by-Step Answer:", "The answer is"),
@@ -37,22 +58,34 @@ PROMPT = {
 KINDS = ("add", "sub", "mul", "two_step")
 
 _GENERIC = (
-    ("{n} lives in the city and likes to read in the evening .",
-     "{n} anaishi mjini na anapenda kusoma jioni ."),
-    ("Good morning {n} . Today is a very nice day .",
-     "Habari ya asubuhi {n} . Leo ni siku nzuri sana ."),
+    (
+        "{n} lives in the city and likes to read in the evening .",
+        "{n} anaishi mjini na anapenda kusoma jioni .",
+    ),
+    (
+        "Good morning {n} . Today is a very nice day .",
+        "Habari ya asubuhi {n} . Leo ni siku nzuri sana .",
+    ),
     ("{n} goes to the market to buy {o} .", "{n} anakwenda sokoni kununua {o} ."),
     ("The children play with the {o} after school .", "Watoto wanacheza na {o} baada ya shule ."),
     ("{n} thanks a friend for the {o} .", "{n} anamshukuru rafiki kwa {o} ."),
-    ("The mother of {n} cooks food for the whole family .",
-     "Mama yake {n} anapika chakula kwa familia yote ."),
-    ("It rained all night and the road is wet .",
-     "Mvua ilinyesha usiku kucha na barabara ni mbichi ."),
-    ("{n} asks : where are the {o} ? {m} says : the {o} are at home .",
-     "{n} anauliza : {o} ziko wapi ? {m} anasema : {o} ziko nyumbani ."),
+    (
+        "The mother of {n} cooks food for the whole family .",
+        "Mama yake {n} anapika chakula kwa familia yote .",
+    ),
+    (
+        "It rained all night and the road is wet .",
+        "Mvua ilinyesha usiku kucha na barabara ni mbichi .",
+    ),
+    (
+        "{n} asks : where are the {o} ? {m} says : the {o} are at home .",
+        "{n} anauliza : {o} ziko wapi ? {m} anasema : {o} ziko nyumbani .",
+    ),
     ("{n} and {m} walk to school together .", "{n} na {m} wanatembea kwenda shule pamoja ."),
-    ("Our school has good teachers and a big library .",
-     "Shule yetu ina walimu wazuri na maktaba kubwa ."),
+    (
+        "Our school has good teachers and a big library .",
+        "Shule yetu ina walimu wazuri na maktaba kubwa .",
+    ),
     ("{n} gives the {o} to a friend .", "{n} anampa rafiki {o} ."),
     ("{n} gets more {o} from the market .", "{n} anapata {o} zaidi kutoka sokoni ."),
     ("Each box has {o} inside .", "Kila sanduku lina {o} ndani ."),
@@ -60,42 +93,62 @@ _GENERIC = (
 )
 
 _READING = (
-    ("{n} has {a} {o} .", "{n} ana {o} {a} .", "How many {o} does {n} have ?",
-     "{o} ngapi {n} anazo ?"),
-    ("{n} buys {a} boxes .", "{n} ananunua masanduku {a} .", "How many boxes does {n} buy ?",
-     "{n} ananunua masanduku mangapi ?"),
-    ("{n} gives {a} {o} to a friend .", "{n} anampa rafiki {o} {a} .",
-     "How many {o} does {n} give ?", "{n} anampa rafiki {o} ngapi ?"),
+    (
+        "{n} has {a} {o} .",
+        "{n} ana {o} {a} .",
+        "How many {o} does {n} have ?",
+        "{o} ngapi {n} anazo ?",
+    ),
+    (
+        "{n} buys {a} boxes .",
+        "{n} ananunua masanduku {a} .",
+        "How many boxes does {n} buy ?",
+        "{n} ananunua masanduku mangapi ?",
+    ),
+    (
+        "{n} gives {a} {o} to a friend .",
+        "{n} anampa rafiki {o} {a} .",
+        "How many {o} does {n} give ?",
+        "{n} anampa rafiki {o} ngapi ?",
+    ),
 )
 
 _PROBLEMS = {
     "add": (
         "{n} has {a} {o} . {n} gets {b} more {o} . How many {o} does {n} have now ?",
         "{n} ana {o} {a} . {n} anapata {o} {b} zaidi . {n} ana {o} ngapi sasa ?",
-        ("{n} has {a} {o} and gets {b} more . {a} + {b} = {r} .",
-         "{n} ana {o} {a} na anapata {b} zaidi . {a} + {b} = {r} ."),
+        (
+            "{n} has {a} {o} and gets {b} more . {a} + {b} = {r} .",
+            "{n} ana {o} {a} na anapata {b} zaidi . {a} + {b} = {r} .",
+        ),
     ),
     "sub": (
         "{n} has {a} {o} . {n} gives {b} {o} to a friend . How many {o} does {n} have left ?",
         "{n} ana {o} {a} . {n} anampa rafiki {o} {b} . {n} amebaki na {o} ngapi ?",
-        ("{n} has {a} {o} and gives {b} away . {a} - {b} = {r} .",
-         "{n} ana {o} {a} na anatoa {b} . {a} - {b} = {r} ."),
+        (
+            "{n} has {a} {o} and gives {b} away . {a} - {b} = {r} .",
+            "{n} ana {o} {a} na anatoa {b} . {a} - {b} = {r} .",
+        ),
     ),
     "mul": (
         "{n} buys {a} boxes . Each box has {b} {o} . How many {o} does {n} buy ?",
         "{n} ananunua masanduku {a} . Kila sanduku lina {o} {b} . {n} ananunua {o} ngapi ?",
-        ("{n} buys {a} boxes of {b} {o} . {a} * {b} = {r} .",
-         "{n} ananunua masanduku {a} ya {o} {b} . {a} * {b} = {r} ."),
+        (
+            "{n} buys {a} boxes of {b} {o} . {a} * {b} = {r} .",
+            "{n} ananunua masanduku {a} ya {o} {b} . {a} * {b} = {r} .",
+        ),
     ),
     "two_step": (
         "{n} has {a} {o} . {n} gets {b} more {o} and then gives {c} to a friend . "
         "How many {o} does {n} have now ?",
         "{n} ana {o} {a} . {n} anapata {o} {b} zaidi kisha anampa rafiki {c} . "
         "{n} ana {o} ngapi sasa ?",
-        ("{n} has {a} {o} and gets {b} more . {a} + {b} = {s} . {n} gives {c} away . "
-         "{s} - {c} = {r} .",
-         "{n} ana {o} {a} na anapata {b} zaidi . {a} + {b} = {s} . {n} anatoa {c} . "
-         "{s} - {c} = {r} ."),
+        (
+            "{n} has {a} {o} and gets {b} more . {a} + {b} = {s} . {n} gives {c} away . "
+            "{s} - {c} = {r} .",
+            "{n} ana {o} {a} na anapata {b} zaidi . {a} + {b} = {s} . {n} anatoa {c} . "
+            "{s} - {c} = {r} .",
+        ),
     ),
 }
 

@@ -31,8 +31,9 @@ def summarize(seeds: dict[int, dict], columns: list[str]) -> dict[str, dict]:
     for name in names:
         summary[name] = {
             column: {
-                label: _stats([s["models"][name]["columns"][column][key] or 0.0
-                               for s in seeds.values()])
+                label: _stats(
+                    [s["models"][name]["columns"][column][key] or 0.0 for s in seeds.values()]
+                )
                 for label, key in FILTERS
             }
             for column in columns
@@ -42,6 +43,7 @@ def summarize(seeds: dict[int, dict], columns: list[str]) -> dict[str, dict]:
 
 def verdict(seeds: dict[int, dict], target_column: str) -> dict:
     """Does the designated swap beat both experts and the soup on target math, per seed?"""
+
     def score(seed: dict, name: str) -> float:
         return seed["models"][name]["columns"][target_column]["exact_match"]
 
@@ -86,18 +88,23 @@ def markdown(data: dict) -> str:
         "| model | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
-    for name, row in sorted(summary.items(), key=lambda kv: -kv[1][columns[0]]
-                            ["flexible-extract"]["mean"]):
+    for name, row in sorted(
+        summary.items(), key=lambda kv: -kv[1][columns[0]]["flexible-extract"]["mean"]
+    ):
         label = name + (" (designated)" if name == SWAP else "")
         label += " (best sweep variant, chosen on the test set)" if name == best else ""
         cells = []
         for column in columns:
             flex, strict = row[column]["flexible-extract"], row[column]["strict-match"]
-            cells.append(f"{100 * flex['mean']:.1f} ± {100 * flex['std']:.1f} "
-                         f"[{100 * strict['mean']:.1f}]")
+            cells.append(
+                f"{100 * flex['mean']:.1f} ± {100 * flex['std']:.1f} [{100 * strict['mean']:.1f}]"
+            )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    swaps = ", ".join(f"seed {seed}: {s['swap']['donor']} transition {s['swap']['transition']} "
-                      f"({s['swap']['source']})" for seed, s in data["seeds"].items())
+    swaps = ", ".join(
+        f"seed {seed}: {s['swap']['donor']} transition {s['swap']['transition']} "
+        f"({s['swap']['source']})"
+        for seed, s in data["seeds"].items()
+    )
     verdict = data["verdict"]["text"]
     lines += ["", f"Designated swap per seed: {swaps}.", "", f"**Verdict.** {verdict}"]
     return "\n".join(lines) + "\n"
@@ -116,10 +123,17 @@ def plot(data: dict, path: Path) -> Path:
     figure, axes = plt.subplots(figsize=(max(8, 0.9 * len(names)), 4.5))
     for i, column in enumerate(columns):
         stats = [summary[n][column]["flexible-extract"] for n in names]
-        axes.bar([x + i * width for x in range(len(names))], [100 * s["mean"] for s in stats],
-                 width, yerr=[100 * s["std"] for s in stats], capsize=2, label=column)
-    axes.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names, rotation=35,
-                    ha="right")
+        axes.bar(
+            [x + i * width for x in range(len(names))],
+            [100 * s["mean"] for s in stats],
+            width,
+            yerr=[100 * s["std"] for s in stats],
+            capsize=2,
+            label=column,
+        )
+    axes.set_xticks(
+        [x + 0.4 - width / 2 for x in range(len(names))], names, rotation=35, ha="right"
+    )
     axes.set_ylabel("exact match, flexible-extract (%)")
     axes.set_title(f"Layer swapping in miniature ({data['settings']['seeds']} seeds, mean ± std)")
     axes.legend()

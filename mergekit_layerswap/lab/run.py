@@ -50,10 +50,19 @@ class LabSettings(BaseModel):
     expert_lr: float = 1e-3
     #: The base's mixture: share of each kind of text (English generic, target generic,
     #: translation pairs, English reading, target reading, bare arithmetic).
-    mixture: dict[str, float] = Field(default_factory=lambda: {
-        "generic_en": 0.30, "generic_target": 0.08, "parallel": 0.12,
-        "reading_en": 0.15, "reading_target": 0.05, "arithmetic": 0.30,
-        "story_en": 0.0, "story_target": 0.0, "story_parallel": 0.0})
+    mixture: dict[str, float] = Field(
+        default_factory=lambda: {
+            "generic_en": 0.30,
+            "generic_target": 0.08,
+            "parallel": 0.12,
+            "reading_en": 0.15,
+            "reading_target": 0.05,
+            "arithmetic": 0.30,
+            "story_en": 0.0,
+            "story_target": 0.0,
+            "story_parallel": 0.0,
+        }
+    )
     max_gen_toks: PositiveInt = 48
     #: Modular experts (Bandarkar & Peng 2025): the math expert trains only the middle layers,
     #: the language expert only the embeddings, the outer layers, the final norm and the head.
@@ -91,9 +100,7 @@ def _samplers(settings: LabSettings, excluded: frozenset[tuple]):
         "generic_target": lambda rng: language.generic(rng, target),
         "parallel": parallel,
         "reading_en": lambda rng: language.as_text(fresh(language.reading_item, rng, "en")),
-        "reading_target": lambda rng: language.as_text(
-            fresh(language.reading_item, rng, target)
-        ),
+        "reading_target": lambda rng: language.as_text(fresh(language.reading_item, rng, target)),
         "arithmetic": language.fact,
         "story_en": lambda rng: language.statement(fresh(language.problem, rng, "en")),
         "story_target": lambda rng: language.statement(fresh(language.problem, rng, target)),
@@ -190,8 +197,14 @@ def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) 
     else:
         base = train.new_model(settings.size, len(tokenizer), seed).to(device)
         schedule = train.Schedule(base_steps, settings.base_lr)
-        train.train(base, tokenizer, base_sampler, schedule, seed=seed,
-                    progress=log(f"seed {seed}: pretraining the base", base_steps))
+        train.train(
+            base,
+            tokenizer,
+            base_sampler,
+            schedule,
+            seed=seed,
+            progress=log(f"seed {seed}: pretraining the base", base_steps),
+        )
         train.save(base.cpu(), tokenizer, partial["base"])
         _publish(partial["base"], paths["base"], keys["base"])
     outer = _outer(settings.size)
@@ -204,9 +217,15 @@ def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) 
             continue
         model = copy.deepcopy(base).to(device)
         schedule = train.Schedule(expert_steps, settings.expert_lr)
-        train.train(model, tokenizer, sampler, schedule, seed=seed + offset,
-                    trainable=part if settings.modular else None,
-                    progress=log(f"seed {seed}: fine-tuning the {what}", expert_steps))
+        train.train(
+            model,
+            tokenizer,
+            sampler,
+            schedule,
+            seed=seed + offset,
+            trainable=part if settings.modular else None,
+            progress=log(f"seed {seed}: fine-tuning the {what}", expert_steps),
+        )
         train.save(model.cpu(), tokenizer, partial[name])
         _publish(partial[name], paths[name], keys[name])
     return paths
@@ -217,26 +236,47 @@ def suite_config(
 ) -> dict:
     """The seed's suite: the designated swap, a sweep, the usual baselines, both experts."""
     num_layers = train.SIZES[settings.size][1]
-    pair = [{"model": "math", "parameters": {"weight": 0.5}},
-            {"model": "lang", "parameters": {"weight": 0.5}}]
-    deltas = [{"model": "math", "parameters": {"weight": 1.0, "density": 0.5}},
-              {"model": "lang", "parameters": {"weight": 1.0, "density": 0.5}}]
+    pair = [
+        {"model": "math", "parameters": {"weight": 0.5}},
+        {"model": "lang", "parameters": {"weight": 0.5}},
+    ]
+    deltas = [
+        {"model": "math", "parameters": {"weight": 1.0, "density": 0.5}},
+        {"model": "lang", "parameters": {"weight": 1.0, "density": 0.5}},
+    ]
     return {
         "models": {name: str(path) for name, path in models.items()},
         "evaluate_inputs": ["base", "math", "lang"],
         "merges": [
-            {"name": "layer-swap", "merge_method": "layer_swap", "base_model": "math",
-             "models": [{"model": "math"}, {"model": "lang", "parameters": swap["donor"]}],
-             "parameters": {"transition": swap["transition"]}},
+            {
+                "name": "layer-swap",
+                "merge_method": "layer_swap",
+                "base_model": "math",
+                "models": [{"model": "math"}, {"model": "lang", "parameters": swap["donor"]}],
+                "parameters": {"transition": swap["transition"]},
+            },
             {"name": "soup", "merge_method": "linear", "models": pair},
-            {"name": "task-arithmetic", "merge_method": "task_arithmetic", "base_model": "base",
-             "models": [{"model": m["model"], "parameters": {"weight": 1.0}} for m in pair]},
+            {
+                "name": "task-arithmetic",
+                "merge_method": "task_arithmetic",
+                "base_model": "base",
+                "models": [{"model": m["model"], "parameters": {"weight": 1.0}} for m in pair],
+            },
             {"name": "ties", "merge_method": "ties", "base_model": "base", "models": deltas},
-            {"name": "dare-ties", "merge_method": "dare_ties", "base_model": "base",
-             "models": deltas},
+            {
+                "name": "dare-ties",
+                "merge_method": "dare_ties",
+                "base_model": "base",
+                "models": deltas,
+            },
         ],
-        "sweep": {"base_model": "math", "donor": "lang", "bottom": [1, 2],
-                  "top": [0, 1, max(2, num_layers // 8)], "transition": [0, 1]},
+        "sweep": {
+            "base_model": "math",
+            "donor": "lang",
+            "bottom": [1, 2],
+            "top": [0, 1, max(2, num_layers // 8)],
+            "transition": [0, 1],
+        },
         "evaluation": {
             "tasks": list(tasks.task_names(settings.language)),
             "include_path": str(task_folder),
@@ -271,8 +311,11 @@ def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, exc
         remove_stale_partials(folder / "analysis")
         partial = folder / f".analysis.partial-{os.getpid()}"
         result = analysis.analyze(
-            str(models["base"]), [("math", str(models["math"])), ("lang", str(models["lang"]))],
-            partial, host="math", donor="lang",
+            str(models["base"]),
+            [("math", str(models["math"])), ("lang", str(models["lang"]))],
+            partial,
+            host="math",
+            donor="lang",
         )
         (partial / swap_file.name).write_text(json.dumps(designated_swap(result), indent=2))
         _publish(partial, folder / "analysis", key)
@@ -286,8 +329,11 @@ def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, exc
     scores = {}
     for path in sorted((folder / "suite" / "results").glob("*.json")):
         record = json.loads(path.read_text())
-        scores[record["name"]] = {"kind": record["kind"], "method": record["method"],
-                                  "columns": record["languages"]}
+        scores[record["name"]] = {
+            "kind": record["kind"],
+            "method": record["method"],
+            "columns": record["languages"],
+        }
     return scores, swap
 
 

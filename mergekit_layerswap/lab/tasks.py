@@ -24,9 +24,13 @@ from mergekit_layerswap.lab import language
 
 GROUP = "lab"
 #: The MGSM native-CoT answer filters (lm-eval 0.4.13's), with the language's answer phrase.
-_FLEXIBLE = {"name": "flexible-extract", "filter": [
-    {"function": "regex", "group_select": -1, "regex_pattern": r"(-?[$0-9.,]{2,})|(-?[0-9]+)"},
-    {"function": "take_first"}]}
+_FLEXIBLE = {
+    "name": "flexible-extract",
+    "filter": [
+        {"function": "regex", "group_select": -1, "regex_pattern": r"(-?[$0-9.,]{2,})|(-?[0-9]+)"},
+        {"function": "take_first"},
+    ],
+}
 
 
 @dataclass(frozen=True)
@@ -83,14 +87,24 @@ def _config(name: str, lang: str, data: Path, max_gen_toks: int) -> dict:
         "target_delimiter": " ",
         "generation_kwargs": {"until": stops, "do_sample": False, "max_gen_toks": max_gen_toks},
         "filter_list": [
-            {"name": "strict-match", "filter": [
-                {"function": "regex", "regex_pattern": final + r" (\-?[0-9\.\,]+)"},
-                {"function": "take_first"}]},
+            {
+                "name": "strict-match",
+                "filter": [
+                    {"function": "regex", "regex_pattern": final + r" (\-?[0-9\.\,]+)"},
+                    {"function": "take_first"},
+                ],
+            },
             _FLEXIBLE,
         ],
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean",
-                         "higher_is_better": True, "ignore_case": True,
-                         "ignore_punctuation": True}],
+        "metric_list": [
+            {
+                "metric": "exact_match",
+                "aggregation": "mean",
+                "higher_is_better": True,
+                "ignore_case": True,
+                "ignore_punctuation": True,
+            }
+        ],
         "metadata": {"version": 1.0},
     }
 
@@ -101,8 +115,15 @@ def write(tests: TestSet, target: str, folder: Path, max_gen_toks: int = 48) -> 
     for name, items in tests.items.items():
         lang = "en" if name.endswith("_en") else target
         data = folder / f"{name}.jsonl"
-        rows = [{"question": p.question, "answer": p.answer, "answer_number": p.answer_number,
-                 "kind": p.kind} for p in items]
+        rows = [
+            {
+                "question": p.question,
+                "answer": p.answer,
+                "answer_number": p.answer_number,
+                "kind": p.kind,
+            }
+            for p in items
+        ]
         data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         config = _config(name, lang, data, max_gen_toks)
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -111,5 +132,7 @@ def write(tests: TestSet, target: str, folder: Path, max_gen_toks: int = 48) -> 
 
 def summary(tests: TestSet) -> dict:
     """Counts per task and kind (for lab.json)."""
-    return {name: {"n": len(items), "kinds": sorted({p.kind for p in items}),
-                   "first": asdict(items[0])} for name, items in tests.items.items()}
+    return {
+        name: {"n": len(items), "kinds": sorted({p.kind for p in items}), "first": asdict(items[0])}
+        for name, items in tests.items.items()
+    }

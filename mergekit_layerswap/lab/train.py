@@ -45,10 +45,17 @@ def new_model(size: str, vocab_size: int, seed: int):
 
     hidden, layers, heads, intermediate = SIZES[size]
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=256, tie_word_embeddings=False,
-        bos_token_id=0, eos_token_id=1, pad_token_id=2,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)

@@ -36,25 +36,36 @@ def problems(config: dict) -> list[str]:
     shared = {p.name for p in spec.shared_parameters}
     allowed = sorted(shared | {p.name for p in spec.input_parameters})
     top = config.get("parameters") or {}
-    found = [f"parameters.{key}: not a {name} parameter; {_unknown(str(key), allowed)}"
-                for key in top if key not in allowed]
-    found += [f"parameters.{p.name}: {name} requires it; add it"
-                 for p in spec.shared_parameters if p.required and p.name not in top]
+    found = [
+        f"parameters.{key}: not a {name} parameter; {_unknown(str(key), allowed)}"
+        for key in top
+        if key not in allowed
+    ]
+    found += [
+        f"parameters.{p.name}: {name} requires it; add it"
+        for p in spec.shared_parameters
+        if p.required and p.name not in top
+    ]
     for i, model in enumerate(config.get("models") or []):
         where = f"models[{i}].parameters"
         given = model.get("parameters") or {}
         for key in given:
             if key in shared:
-                found.append(f"{where}.{key}: applies to the whole merge; move it to the "
-                                "top-level parameters")
+                found.append(
+                    f"{where}.{key}: applies to the whole merge; move it to the "
+                    "top-level parameters"
+                )
             elif key not in allowed:
-                found.append(f"{where}.{key}: not a {name} parameter; "
-                                f"{_unknown(str(key), allowed)}")
+                found.append(
+                    f"{where}.{key}: not a {name} parameter; {_unknown(str(key), allowed)}"
+                )
         is_base = model.get("model") == config.get("base_model")
         found += [
             f"{where}.{p.name}: {name} requires it for every model; add it"
             for p in spec.input_parameters
-            if p.required and p.name not in given and p.name not in top
+            if p.required
+            and p.name not in given
+            and p.name not in top
             and not (is_base and p.scope == ParameterScope.NON_BASE)
         ]
     return found

@@ -113,11 +113,14 @@ def describe(steps: list[Step]) -> list[str]:
     lines = []
     for step in steps:
         merge_state = (
-            "-" if step.entry.kind == "input"
-            else "memory" if step.entry.in_memory
-            else "to run" if step.merge_needed
+            "-"
+            if step.entry.kind == "input"
+            else "memory"
+            if step.entry.in_memory
+            else "to run"
+            if step.merge_needed
             else "cached"
-        )  # fmt: skip
+        )
         eval_state = "to run" if step.eval_needed else "cached"
         lines.append(
             f"{step.entry.name:<28} {step.entry.kind:<6} {step.entry.method:<14} "

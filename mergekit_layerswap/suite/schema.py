@@ -125,8 +125,12 @@ class Suite:
         known = {e.name for e in self.entries}
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise InputError([f"--only: no model named {n!r}; known: {', '.join(sorted(known))}"
-                              for n in unknown])  # fmt: skip
+            raise InputError(
+                [
+                    f"--only: no model named {n!r}; known: {', '.join(sorted(known))}"
+                    for n in unknown
+                ]
+            )
         return tuple(e for e in self.entries if e.name in names)
 
     def settings(self, limit: int | None = None, data_dir: str | None = None) -> EvalSettings:
@@ -199,8 +203,9 @@ def _merge_entry(index: int, raw: Any, aliases: _Aliases, seed: int) -> Entry | 
     elif "slices" not in config:
         problems.append(f"{where}.models: missing; list the models to merge by alias")
     method = config.get("merge_method", "")
-    return Entry(name, "merge", method, config=config,
-                 random_seed=seed if method in RANDOMIZED else None)  # fmt: skip
+    return Entry(
+        name, "merge", method, config=config, random_seed=seed if method in RANDOMIZED else None
+    )
 
 
 def _sweep_entries(sweep: Sweep, aliases: _Aliases, in_memory: bool) -> list[Entry]:
@@ -280,8 +285,10 @@ def _name_problems(entries: list[Entry], aliases: dict[str, str]) -> list[str]:
     seen: set[str] = set()
     for entry in entries:
         if entry.name.lower() in seen:
-            problems.append(f"{entry.name}: name used twice (names are folder names, so case "
-                            "does not count); every merge and input needs its own")
+            problems.append(
+                f"{entry.name}: name used twice (names are folder names, so case "
+                "does not count); every merge and input needs its own"
+            )
         seen.add(entry.name.lower())
     return problems
 

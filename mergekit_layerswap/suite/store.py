@@ -99,8 +99,8 @@ class Store:
                 handle.seek(0)
                 other = handle.read().strip() or "unknown"
                 raise InputError(
-                    [f"{self.root}: another suite run (pid {other}) is using this output folder; "
-                     "wait for it to finish or choose another OUT_DIR"]
+                    f"{self.root}: another suite run (pid {other}) is using this output "
+                    "folder; wait for it to finish or choose another OUT_DIR"
                 ) from None
             handle.truncate(0)
             handle.write(str(os.getpid()))

@@ -72,7 +72,8 @@ class InMemorySweep:
 
         with quiet():
             lm = HFLM(
-                pretrained=self.build(config), tokenizer=self.tokenizer,
+                pretrained=self.build(config),
+                tokenizer=self.tokenizer,
                 batch_size=self.settings.batch_size,
-            )  # fmt: skip
+            )
         return evaluate_lm(lm, self.settings, task_set=self.task_set)
