@@ -28,3 +28,15 @@ def tensors(folder: Path) -> dict[str, torch.Tensor]:
     for path in sorted(Path(folder).glob("*.safetensors")):
         found.update(load_file(path))
     return found
+
+
+def suite_swap(name: str = "swap", **parameters) -> dict:
+    """A suite's layer_swap merge of the `aliases` fixture: swahili's bottom 2 layers into
+    math, with the top-level `parameters` given."""
+    return {
+        "name": name,
+        "merge_method": "layer_swap",
+        "base_model": "math",
+        "models": [{"model": "math"}, {"model": "swahili", "parameters": {"bottom": 2}}],
+        **({"parameters": parameters} if parameters else {}),
+    }

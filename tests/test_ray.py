@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import tensors
+from helpers import suite_swap, tensors
 
 from mergekit_layerswap import cli
 from mergekit_layerswap.suite import ray_run
@@ -44,13 +44,7 @@ def suite_file(tmp_path: Path, aliases: dict, mgsm_hf_dir: Path, **changes) -> P
         "models": dict(aliases),
         "evaluate_inputs": ["math"],
         "merges": [
-            {
-                "name": "swap",
-                "merge_method": "layer_swap",
-                "base_model": "math",
-                "models": [{"model": "math"}, {"model": "swahili", "parameters": {"bottom": 2}}],
-                "parameters": {"transition": 1},
-            },
+            suite_swap(transition=1),
         ],
         "sweep": {"base_model": "math", "donor": "swahili", "top": [1]},
         "evaluation": {

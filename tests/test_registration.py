@@ -210,3 +210,23 @@ def test_stock_mergekit_yaml_reports_bad_yaml_shapes_in_one_line(make_model, tmp
         for i, model in enumerate((host, donor))
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_patches_are_written_for_the_pinned_mergekit_and_refuse_a_moved_function():
+    """Each patch names the mergekit function it wraps; one that is missing (a mergekit that
+    moved it) is refused with the version the patches were written for, never skipped."""
+    import types
+    from importlib.metadata import requires, version
+
+    from mergekit_layerswap import patches
+
+    assert f"mergekit=={patches.MERGEKIT_VERSION}" in requires("mergekit-layerswap")
+    assert version("mergekit") == patches.MERGEKIT_VERSION
+    moved = types.SimpleNamespace(__name__="mergekit.merge")
+    with pytest.raises(RuntimeError, match=f"install mergekit=={patches.MERGEKIT_VERSION}"):
+        patches.guard_card(moved)
+    calls = []
+    owner = types.SimpleNamespace(__name__="owner", f=lambda: "original")
+    patches._wrap(owner, "f", lambda original: calls.append(original) or (lambda: "wrapped"))
+    patches._wrap(owner, "f", lambda original: calls.append(original) or (lambda: "twice"))
+    assert owner.f() == "wrapped" and len(calls) == 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import layer_swap, tensors
+from helpers import layer_swap, suite_swap, tensors
 
 from mergekit_layerswap import cli
 from mergekit_layerswap.errors import InputError
@@ -29,13 +29,7 @@ def suite_raw(aliases, **changes) -> dict:
         "models": dict(aliases),
         "evaluate_inputs": ["math"],
         "merges": [
-            {
-                "name": "swap",
-                "merge_method": "layer_swap",
-                "base_model": "math",
-                "models": [{"model": "math"}, {"model": "swahili", "parameters": {"bottom": 2}}],
-                "parameters": {"transition": 1},
-            },
+            suite_swap(transition=1),
             {
                 "name": "dare",
                 "merge_method": "dare_ties",

@@ -9,20 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import suite_swap
 
 from mergekit_layerswap import cli
 from mergekit_layerswap.errors import InputError, RunError
 from mergekit_layerswap.suite.schema import load_suite, parse_suite
 from mergekit_layerswap.suite.store import Store
-
-
-def swap_merge(name: object) -> dict:
-    return {
-        "name": name,
-        "merge_method": "layer_swap",
-        "base_model": "math",
-        "models": [{"model": "math"}, {"model": "swahili", "parameters": {"bottom": 2}}],
-    }
 
 
 def run_cli(tmp_path: Path, raw: dict, out: Path, capsys) -> tuple[int, str]:
@@ -48,7 +40,7 @@ def test_path_traversal_names_are_refused_and_nothing_outside_is_touched(aliases
     bad_names = [str(victim), "../../../victim", ".", "", "..", "a/b", "-x", "x.", "a..b"]
     raw = {
         "models": {**aliases, "../evil": aliases["math"]},
-        "merges": [swap_merge(name) for name in bad_names],
+        "merges": [suite_swap(name) for name in bad_names],
         "sweep": {"base_model": "math", "donor": "swahili", "layers": ["0-1/../../x"]},
         "evaluation": {"languages": ["sw"]},
     }
@@ -123,7 +115,7 @@ def test_every_mistake_is_reported_at_once_with_hints(aliases):
                 "base_model": "base",
                 "models": [{"model": "math"}],
             },
-            swap_merge("bad/name"),
+            suite_swap("bad/name"),
         ],
         "evaluation": {"languages": ["sw"]},
     }
@@ -176,7 +168,7 @@ def test_missing_data_folder_and_models_are_refused_before_the_first_merge(
     """Class: inputs checked after expensive work (the data folder, the models, OUT_DIR)."""
     raw = {
         "models": aliases,
-        "merges": [swap_merge("swap")],
+        "merges": [suite_swap("swap")],
         "evaluation": {"languages": ["sw"], "data_dir": str(tmp_path / "no-such-data")},
     }
     out = tmp_path / "out"
@@ -218,7 +210,7 @@ def test_relative_paths_are_taken_from_the_suite_files_folder(aliases, tmp_path,
     (folder / "data").mkdir()
     raw = {
         "models": {"math": "./models/math", "swahili": "models/swahili"},
-        "merges": [swap_merge("swap")],
+        "merges": [suite_swap("swap")],
         "evaluation": {"languages": ["sw"], "data_dir": "data"},
     }
     (folder / "suite.yml").write_text(yaml.safe_dump(raw))
@@ -232,7 +224,7 @@ def test_relative_paths_are_taken_from_the_suite_files_folder(aliases, tmp_path,
 
 def test_a_sweep_variant_equal_to_a_merge_is_scored_once(aliases):
     """Class: identical configurations deduplicated (the demo scored one swap twice)."""
-    merge = {**swap_merge("swap-b2-t1"), "parameters": {"transition": 1}}
+    merge = {**suite_swap("swap-b2-t1"), "parameters": {"transition": 1}}
     merge["models"][1]["parameters"] = {"top": 1, "bottom": 2}
     raw = {
         "models": aliases,
