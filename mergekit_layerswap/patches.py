@@ -200,12 +200,16 @@ def guard_card(merge_module) -> None:
     """Give layer_swap outputs our model card (layer map, sources, citation) instead of
     mergekit's generic one; `run_merge` calls `mergekit.merge.generate_card` with the last
     part of its output path as the model's name, so `run_merge` gets that path made
-    absolute (`OUT/` and `.` would name no model)."""
+    absolute (`OUT/` and `.` would name no model); and, called without `config_source` (from
+    Python), the layer_swap config as given, before the planner compiles it into slices (the
+    card and `mergekit_config.yml` describe the `models:` form)."""
 
     def make_run_merge(original):
         @functools.wraps(original)
-        def run_merge(merge_config, out_path, *args, **kwargs):
-            return original(merge_config, os.path.abspath(out_path), *args, **kwargs)
+        def run_merge(merge_config, out_path, options, config_source=None):
+            if not config_source and merge_config.merge_method == validate.METHOD:
+                config_source = merge_config.to_yaml()
+            return original(merge_config, os.path.abspath(out_path), options, config_source)
 
         return run_merge
 

@@ -105,6 +105,26 @@ def test_card_hook_point_is_pinned():
     assert mergekit.merge.generate_card.layerswap
 
 
+def test_run_merge_from_python_without_config_source_writes_our_card(make_model, tmp_path):
+    """mergekit's Python API: run_merge with no config_source took the card's config from
+    the compiled slices (no `models:`), and the card failed with a KeyError."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    host, donor = make_model("llama", 8, seed=1), make_model("llama", 8, seed=2)
+    raw = {
+        "merge_method": "layer_swap",
+        "base_model": str(host),
+        "models": [{"model": str(host)}, {"model": str(donor), "parameters": {"bottom": 2}}],
+    }
+    out = tmp_path / "out"
+    run_merge(MergeConfiguration.model_validate(raw), str(out), MergeOptions(quiet=True))
+    assert "layer_swap" in (out / "README.md").read_text()
+    saved = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert saved["models"][1]["parameters"] == {"bottom": 2} and "slices" not in saved
+
+
 def test_stock_mergekit_yaml_merges_a_spaced_relative_path(make_model, tmp_path):
     """Path spellings class: a path with a space (mergekit's ModelReference serializer made
     the planner hook fail with "Circular reference detected") that is also relative with
