@@ -52,13 +52,6 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(path: str, changes: list[str]) -> dict:
-    """The YAML mapping in `path`, with the command line's KEY=VALUE overrides applied."""
-    from mergekit_layerswap import overrides, validate
-
-    return overrides.apply(validate.load(path), changes)
-
-
 def _add_merge(sub: Subparsers) -> None:
     merge = sub.add_parser(
         "merge",
@@ -72,11 +65,11 @@ def _add_merge(sub: Subparsers) -> None:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from mergekit_layerswap import merge
+    from mergekit_layerswap import merge, validate
 
     options = merge_options(args)
     options.apply_global_options()  # logging level, threads, seed: as mergekit-yaml does
-    out = merge.run(_load(args.config, args.overrides), args.out, options)
+    out = merge.run(validate.load(args.config, args.overrides), args.out, options)
     print(f"merged into {out}")
     return 0
 
@@ -92,7 +85,7 @@ def _validate(args: argparse.Namespace) -> int:
     from mergekit_layerswap import plan as slices
     from mergekit_layerswap import validate
 
-    plan = validate.plan(_load(args.config, args.overrides))
+    plan = validate.plan(validate.load(args.config, args.overrides))
     donors = [claim.donor for claim in plan.swap.claims]
     symbols = {plan.host: "H"} | {
         donor: "D" if len(donors) == 1 else f"D{i}" for i, donor in enumerate(donors, 1)
@@ -116,7 +109,7 @@ def _add_eval(sub: Subparsers) -> None:
     ev.add_argument(
         "--include-path", metavar="DIR", help="folder of lm-eval task YAMLs (with --tasks)"
     )
-    ev.add_argument("--mode", default="native_cot", help="native_cot (default), direct or en_cot")
+    ev.add_argument("--mode", help="native_cot (default), direct or en_cot")
     ev.add_argument(
         "--num-fewshot",
         type=int,
@@ -124,8 +117,8 @@ def _add_eval(sub: Subparsers) -> None:
     )
     ev.add_argument("--limit", type=int, help="only the first N problems per language")
     ev.add_argument("--batch-size", help="N or auto (default: 64 for hf, auto for vllm)")
-    ev.add_argument("--max-gen-toks", type=int, default=256, help="default 256 (lm-eval's)")
-    ev.add_argument("--backend", default="hf", help="hf (default) or vllm")
+    ev.add_argument("--max-gen-toks", type=int, help="default 256 (lm-eval's)")
+    ev.add_argument("--backend", help="hf (default) or vllm")
     ev.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
     ev.add_argument(
         "--data-dir",
@@ -140,23 +133,13 @@ def _add_eval(sub: Subparsers) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from mergekit_layerswap import evaluate
 
-    batch_size = args.batch_size
     if args.tasks and args.data_dir:
         raise InputError("--data-dir is MGSM's: with --tasks, the task YAMLs say where data is")
-    settings = evaluate.EvalSettings.checked(
-        languages=args.languages,
-        tasks=args.tasks or (),
-        include_path=args.include_path,
-        mode=args.mode,
-        num_fewshot=args.num_fewshot,
-        limit=args.limit,
-        max_gen_toks=args.max_gen_toks,
-        backend=args.backend,
-        batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
-        device=args.device,
-        log_samples=args.log_samples,
-        **({"data_dir": args.data_dir} if args.data_dir else {}),
-    )
+    if args.batch_size and args.batch_size.isdigit():
+        args.batch_size = int(args.batch_size)
+    # the options given; EvalSettings holds the defaults of those left out
+    given = {name: getattr(args, name) for name in evaluate.EvalSettings.model_fields}
+    settings = evaluate.EvalSettings.checked(**{k: v for k, v in given.items() if v is not None})
     results = evaluate.evaluate_models(args.models, settings, args.output, cache_dir=args.cache_dir)
     print(evaluate.render_markdown(results))
     print(f"wrote {args.output}/results.json and results.md")

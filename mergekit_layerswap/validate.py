@@ -8,7 +8,7 @@ names the field and the fix. It reads the models' config.json files and safetens
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mergekit_layerswap import checkpoint, swap
+from mergekit_layerswap import checkpoint, overrides, swap
 from mergekit_layerswap.errors import InputError, did_you_mean
 
 METHOD = "layer_swap"
@@ -68,8 +68,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load(path: str | Path) -> dict:
-    """Read a YAML config file into a dict (InputError if unreadable or not a mapping)."""
+def load(path: str | Path, changes: Sequence[str] = ()) -> dict:
+    """Read a YAML config file into a dict, with `KEY=VALUE` overrides (`changes`) applied
+    (InputError if unreadable, not a mapping, or an override does not apply)."""
     try:
         raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except OSError as error:
@@ -82,7 +83,7 @@ def load(path: str | Path) -> dict:
         raise InputError([f"{path}: not valid YAML ({error})".replace("\n", " ")]) from None
     if not isinstance(raw, dict):
         raise InputError([f"{path}: expected a YAML mapping (keys such as models, ...)"])
-    return raw
+    return overrides.apply(raw, changes) if changes else raw
 
 
 def reference(value: Any) -> str | None:

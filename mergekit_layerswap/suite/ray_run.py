@@ -253,21 +253,6 @@ class _Graph:
         return len(self.running)
 
 
-def _absolute(context: Context) -> Context:
-    """The context with every local path absolute (workers do not share our folder)."""
-    settings = context.settings
-    folders = {
-        name: Path(value).absolute()
-        for name in ("data_dir", "include_path")
-        if (value := getattr(settings, name)) is not None
-    }
-    return dataclasses.replace(
-        context,
-        store=Store(context.store.root.absolute()),
-        settings=settings.replace(**folders),
-    )
-
-
 def _summary(reports: list[dict], steps: list[Step], wall: float) -> dict:
     cached = sum(
         (s.entry.kind != "input" and not s.entry.in_memory and not s.merge_needed)
@@ -289,7 +274,8 @@ def _summary(reports: list[dict], steps: list[Step], wall: float) -> dict:
 def run(context: Context, steps: list[Step], settings: ExecutorSettings) -> dict:
     """Run the planned steps on the cluster; returns the run's summary (also written to
     OUT_DIR/ray-run.json). Ctrl-C or a failed task cancels the rest and is raised."""
-    context = _absolute(context)
+    # workers do not share our working folder (EvalSettings' folders are already absolute)
+    context = dataclasses.replace(context, store=Store(context.store.root.absolute()))
     root = context.store.root
     joined = connect(settings.address)
     try:

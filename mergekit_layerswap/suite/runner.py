@@ -112,15 +112,12 @@ def describe(steps: list[Step]) -> list[str]:
     """The plan in words, one line per entry (for --dry-run)."""
     lines = []
     for step in steps:
-        merge_state = (
-            "-"
-            if step.entry.kind == "input"
-            else "memory"
-            if step.entry.in_memory
-            else "to run"
-            if step.merge_needed
-            else "cached"
-        )
+        if step.entry.kind == "input":
+            merge_state = "-"
+        elif step.entry.in_memory:
+            merge_state = "memory"
+        else:
+            merge_state = "to run" if step.merge_needed else "cached"
         eval_state = "to run" if step.eval_needed else "cached"
         lines.append(
             f"{step.entry.name:<28} {step.entry.kind:<6} {step.entry.method:<14} "

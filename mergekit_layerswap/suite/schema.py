@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from mergekit_layerswap import checkpoint, overrides, swap, validate
+from mergekit_layerswap import checkpoint, swap, validate
 from mergekit_layerswap.errors import InputError, did_you_mean
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.suite import methods
@@ -380,4 +380,4 @@ def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
 def load_suite(path: str | Path, changes: Sequence[str] = ()) -> Suite:
     """Read a suite YAML file, apply `KEY=VALUE` overrides (`changes`) and validate it
     (relative paths in it are from its folder)."""
-    return parse_suite(overrides.apply(validate.load(path), changes), Path(path).resolve().parent)
+    return parse_suite(validate.load(path, changes), Path(path).resolve().parent)
