@@ -13,16 +13,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-#: The read-only MGSM copy beside the repo (see ../shared/README.md).
-MGSM_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "mgsm"
+#: The MGSM subset the tests carry (25 problems and the 8 exemplars per language; see its README).
+MGSM_SUBSET = Path(__file__).resolve().parent / "data" / "mgsm"
 
 
 @pytest.fixture(scope="session")
 def mgsm_hf_dir() -> Path:
-    path = MGSM_DIR / "hf"
-    if not path.is_dir():
-        pytest.fail(f"MGSM data not found at {path}: the suite reads it from ../shared/mgsm")
-    return path
+    """A local MGSM copy laid out like the Hub dataset: the tests' own subset."""
+    return MGSM_SUBSET
 
 
 @pytest.fixture(scope="session")
