@@ -2,26 +2,48 @@
 
 Per model and task: the mean and the sample standard deviation over seeds of each filter's
 exact match. The verdict compares the designated layer swap (the one `analyze` suggested,
-chosen before any score was seen) with both experts and the soup on target-language math,
-seed by seed. The sweep's best variant is shown too, marked as chosen on the test set.
+chosen before any score was seen) with its rivals, both experts and the soup, on
+target-language math, seed by seed. The sweep's best variant is shown too, marked as chosen
+on the test set. `lab.md` explains every name it uses and ends with the commands that score
+the designated swap and its rivals again.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from mergekit_layerswap.evaluate.settings import DEFAULT_HF_BATCH_SIZE
 from mergekit_layerswap.files import write_atomic
+from mergekit_layerswap.lab import language, tasks
+from mergekit_layerswap.suite.leaderboard import Bar, picture, png
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FILTERS = (("flexible-extract", "exact_match"), ("strict-match", "other_exact_match"))
 SWAP = "layer-swap"
 RIVALS = ("math", "lang", "soup")
+LANGUAGE_NAMES = {"en": "English", "sw": "Swahili"}
+PICTURE = "lab.png"
 
 
 def _stats(values: list[float]) -> dict[str, float]:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return {"mean": statistics.fmean(values), "std": std}
+
+
+def _percent(stats: dict[str, float], n: int, form: str = ".1f") -> str:
+    """A mean in %, with ± its std when there are seeds to spread over (`n` > 1)."""
+    text = format(100 * stats["mean"], form)
+    return f"{text} ± {100 * stats['std']:.1f}" if n > 1 else text
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
 
 
 def summarize(seeds: dict[int, dict], columns: list[str]) -> dict[str, dict]:
@@ -57,11 +79,10 @@ def verdict(seeds: dict[int, dict], target_column: str) -> dict:
         outcome = "no effect (layer swap does not beat the best of the experts and the soup)"
     else:
         outcome = "no clear effect (layer swap beats the experts and the soup in some seeds only)"
-    spread = _stats(margins)
     text = (
-        f"On {target_column} (flexible-extract), {outcome}: it won in {wins} of {n} seed(s); "
+        f"On {target_column} (flexible-extract), {outcome}: it won in {wins} of {_seeds(n)}; "
         f"its margin over the best of math expert, language expert and soup was "
-        f"{100 * spread['mean']:+.1f} ± {100 * spread['std']:.1f} points."
+        f"{_percent(_stats(margins), n, '+.1f')} points."
     )
     return {"outcome": outcome, "wins": wins, "seeds": n, "margins": margins, "text": text}
 
@@ -74,77 +95,179 @@ def best_sweep(summary: dict, target_column: str) -> str | None:
     return max(variants, key=lambda n: summary[n][target_column]["flexible-extract"]["mean"])
 
 
-def markdown(data: dict) -> str:
-    columns = data["columns"]
-    summary = data["summary"]
+def swap_words(swap: dict) -> str:
+    """A designated swap in words, e.g. `bottom 1, top 1, transition 0`."""
+    bottom, top = swap["donor"].get("bottom", 0), swap["donor"].get("top", 0)
+    return f"bottom {bottom}, top {top}, transition {swap['transition']}"
+
+
+def _role(name: str, best: str | None) -> str:
+    """What a model is in the verdict, as a label suffix."""
+    if name == SWAP:
+        return " (designated)"
+    if name in RIVALS:
+        return " (rival)"
+    if name == best:
+        return " (best sweep variant, chosen on the test set)"
+    return ""
+
+
+def _ranked(data: dict) -> list[str]:
+    """Model names, best first on the target task (the first column)."""
+    summary, target = data["summary"], data["columns"][0]
+    return sorted(summary, key=lambda n: (-summary[n][target]["flexible-extract"]["mean"], n))
+
+
+def _glossary(data: dict) -> list[str]:
+    settings, columns = data["settings"], data["columns"]
+    target = LANGUAGE_NAMES[settings["language"]]
+    math_target, math_en, read_target = tasks.task_names(settings["language"])
+    about = {
+        math_target: f"word problems in {target}, what layer swapping should help (the "
+        "verdict is taken on it)",
+        math_en: "the same kinds of word problems in English, the control (the math "
+        "expert's own domain)",
+        read_target: f"questions answered in a {target} text, no arithmetic (the language "
+        "expert's own domain)",
+    }
+    lines = ["## What the names mean", ""]
+    lines += [f"- **{c}**: {about[c]}; {data['tests'][c]['n']} problems." for c in columns]
+    lines += [
+        "- **math**, **lang**: the math expert (the base fine-tuned on English word problems) "
+        f"and the language expert (the base fine-tuned on {target} text, no math); **base**: "
+        "the model both were fine-tuned from, pretrained on both languages.",
+        f"- **{SWAP}**, the **designated** swap: the math expert with the language expert's "
+        "bottom and top layers, as `analyze` suggested from the weights alone (where each "
+        "expert moved away from the base), before any score was seen.",
+        "- **fallback**: `analyze` suggested no swap (no outer layer qualified), so the "
+        "smallest one was used: bottom 1, top 1, transition 0.",
+        "- **rivals**: math, lang and soup; the verdict asks whether the designated swap beats "
+        "the best of them in every seed.",
+        "- **soup**: the plain 0.5/0.5 average of both experts; **task-arithmetic**, **ties**, "
+        "**dare-ties**: both experts' changes from the base added to it (TIES and DARE-TIES "
+        "keep half of each change, density 0.5).",
+        "- **sweep variants**, e.g. swap-b1-t2-tr1: the language expert's bottom 1 and top 2 "
+        "layers in the math expert, with 1 transition layer; `bN` = bottom N layers, `tN` = "
+        "top N (no `t`: top 0), `trN` = N transition layers (blended between the two experts "
+        "beside each swapped block; tr0: none). The best variant is picked on the test set, "
+        "so its score flatters it.",
+        "- **flexible-extract**: the last number of the answer counts; **strict-match**: only "
+        f'the number after "{language.PROMPT["en"][2]}" (English) or '
+        f'"{language.PROMPT[settings["language"]][2]}" ({target}).',
+    ]
+    return lines
+
+
+def _folder(out: Path, seed: str, name: str, kind: str) -> str:
+    """Where the lab keeps a seed's model: inputs under models/, merges under suite/merges/."""
+    root = out / f"seed-{seed}"
+    return str(root / "models" / name if kind == "input" else root / "suite" / "merges" / name)
+
+
+def commands(data: dict, out: Path) -> list[str]:
+    """Per seed: `mergekit-layerswap eval` of the designated swap and its rivals, and plain
+    `lm_eval` of the designated swap, with the lab's evaluation settings (absolute paths)."""
+    settings, columns = data["settings"], ",".join(data["columns"])
+    out = out.resolve()
+    folder, tokens = str(out / "tasks"), str(settings["max_gen_toks"])
+    lines = []
+    for seed, results in data["seeds"].items():
+        models = {
+            name: _folder(out, seed, name, results["models"][name]["kind"])
+            for name in (SWAP, *RIVALS)
+        }
+        device = ["--device", settings["device"]]
+        rescored = str(out / "rescored" / f"seed-{seed}")
+        eval_line = ["mergekit-layerswap", "eval", *models.values(), "--tasks", columns]
+        eval_line += ["--include-path", folder, "--max-gen-toks", tokens, *device]
+        lm_eval = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={models[SWAP]}"]
+        lm_eval += ["--include_path", folder, "--tasks", columns]
+        lm_eval += ["--gen_kwargs", f"max_gen_toks={tokens}"]
+        lm_eval += ["--batch_size", str(DEFAULT_HF_BATCH_SIZE), *device]
+        lines += [shlex.join([*eval_line, "--output", rescored]), shlex.join(lm_eval)]
+    return lines
+
+
+def markdown(data: dict, out: Path) -> str:
+    """lab.md: readable alone (`out`: the lab's folder, for the commands' absolute paths)."""
+    columns, summary, settings = data["columns"], data["summary"], data["settings"]
+    n = settings["seeds"]
     best = best_sweep(summary, columns[0])
+    spread = "mean ± std over seeds, " if n > 1 else ""
     lines = [
         "# Layer swapping in miniature",
         "",
-        f"{data['settings']['seeds']} seed(s), size {data['settings']['size']}, target language "
-        f"{data['settings']['language']}; exact match in %, mean ± std over seeds, "
-        "flexible-extract (strict-match in brackets).",
+        f"{_seeds(n)}, size {settings['size']}, target language "
+        f"{LANGUAGE_NAMES[settings['language']]} ({settings['language']}). Exact match in %, "
+        f"{spread}flexible-extract (strict-match in brackets); best first on {columns[0]}.",
+        "",
+        f"![Scores per model, one panel per task; the designated swap shaded]({PICTURE})",
         "",
         "| model | " + " | ".join(columns) + " |",
         "|---|" + "---:|" * len(columns),
     ]
-    for name, row in sorted(
-        summary.items(), key=lambda kv: -kv[1][columns[0]]["flexible-extract"]["mean"]
-    ):
-        label = name + (" (designated)" if name == SWAP else "")
-        label += " (best sweep variant, chosen on the test set)" if name == best else ""
+    for name in _ranked(data):
         cells = []
         for column in columns:
-            flex, strict = row[column]["flexible-extract"], row[column]["strict-match"]
-            cells.append(
-                f"{100 * flex['mean']:.1f} ± {100 * flex['std']:.1f} [{100 * strict['mean']:.1f}]"
-            )
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    swaps = ", ".join(
-        f"seed {seed}: {s['swap']['donor']} transition {s['swap']['transition']} "
-        f"({s['swap']['source']})"
-        for seed, s in data["seeds"].items()
-    )
-    verdict = data["verdict"]["text"]
-    lines += ["", f"Designated swap per seed: {swaps}.", "", f"**Verdict.** {verdict}"]
+            scores = summary[name][column]
+            strict = 100 * scores["strict-match"]["mean"]
+            cells.append(f"{_percent(scores['flexible-extract'], n)} [{strict:.1f}]")
+        lines.append(f"| {name}{_role(name, best)} | " + " | ".join(cells) + " |")
+    lines += ["", "Designated swap per seed:", ""]
+    for seed, results in data["seeds"].items():
+        swap = results["swap"]
+        how = "fallback" if swap["source"] == "fallback" else "suggested by analyze"
+        lines.append(f"- seed {seed}: {swap_words(swap)} ({how})")
+    lines += ["", f"**Verdict.** {data['verdict']['text']}", "", *_glossary(data), ""]
+    lines += [
+        "## Scoring again",
+        "",
+        "Per seed, the designated swap and its rivals with `mergekit-layerswap eval`, and the "
+        "designated swap with plain lm-eval, on the lab's tasks and settings (sweep variants "
+        "were built in memory and are not on disk):",
+        "",
+        "```bash",
+        *commands(data, out),
+        "```",
+    ]
     return "\n".join(lines) + "\n"
 
 
-def plot(data: dict, path: Path) -> Path:
-    """Grouped bars (one group per model, one bar per task) with std error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(data: dict) -> Figure:
+    """lab.png: one panel per task; the designated swap (shaded) and its rivals first, then
+    the other baselines and the sweep variants, each group best first on the target task."""
     columns, summary = data["columns"], data["summary"]
-    names = sorted(summary, key=lambda n: -summary[n][columns[0]]["flexible-extract"]["mean"])
-    width = 0.8 / len(columns)
-    figure, axes = plt.subplots(figsize=(max(8, 0.9 * len(names)), 4.5))
-    for i, column in enumerate(columns):
-        stats = [summary[n][column]["flexible-extract"] for n in names]
-        axes.bar(
-            [x + i * width for x in range(len(names))],
-            [100 * s["mean"] for s in stats],
-            width,
-            yerr=[100 * s["std"] for s in stats],
-            capsize=2,
-            label=column,
+    n = data["settings"]["seeds"]
+    best = best_sweep(summary, columns[0])
+    headings = ("designated swap and its rivals", "other baselines", "sweep variants")
+    groups: dict[str, list[Bar]] = {heading: [] for heading in headings}
+    for name in _ranked(data):
+        stats = {c: summary[name][c]["flexible-extract"] for c in columns}
+        if name in (SWAP, *RIVALS):
+            heading = headings[0]
+        else:
+            heading = headings[2] if name.startswith("swap-") else headings[1]
+        groups[heading].append(
+            Bar(
+                name + _role(name, best).replace(", chosen on the test set", ""),
+                {c: 100 * s["mean"] for c, s in stats.items()},
+                {c: 100 * s["std"] for c, s in stats.items()},
+                marked=name == SWAP,
+            )
         )
-    axes.set_xticks(
-        [x + 0.4 - width / 2 for x in range(len(names))], names, rotation=35, ha="right"
+    shown = ", mean ± std" if n > 1 else ""
+    title = f"Layer swapping in miniature: exact match (%), {_seeds(n)}{shown}"
+    note = (
+        f"flexible-extract; best first on {columns[0]} within each group. Rivals: the math "
+        "and language experts and their soup. The best sweep variant is picked on the test set."
     )
-    axes.set_ylabel("exact match, flexible-extract (%)")
-    axes.set_title(f"Layer swapping in miniature ({data['settings']['seeds']} seeds, mean ± std)")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return picture(groups, columns, title, note)
 
 
 def write(data: dict, out: Path) -> list[Path]:
     """lab.json, lab.md and lab.png into `out`."""
-    write_atomic(out / "lab.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
-    write_atomic(out / "lab.md", markdown(data))
-    return [out / "lab.json", out / "lab.md", plot(data, out / "lab.png")]
+    paths = [out / "lab.json", out / "lab.md", out / PICTURE]
+    write_atomic(paths[0], json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_atomic(paths[1], markdown(data, out))
+    write_atomic(paths[2], png(plot(data)))
+    return paths

@@ -379,5 +379,5 @@ def run_lab(out_dir: str | Path, settings: LabSettings) -> dict:
     }
     for path in report.write(data, out):
         print(f"wrote {path}", flush=True)
-    print(report.markdown(data))
+    print(report.markdown(data, out))
     return data
