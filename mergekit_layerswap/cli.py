@@ -12,9 +12,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mergekit_layerswap.errors import InputError, RunError, first_line
 from mergekit_layerswap.options import LazyParser, add_merge_options, merge_options
+
+if TYPE_CHECKING:
+    from mergekit_layerswap.evaluate import EvalSettings
 
 Subparsers = argparse._SubParsersAction
 
@@ -130,19 +134,25 @@ def _add_eval(sub: Subparsers) -> None:
     ev.set_defaults(handler=_eval)
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from mergekit_layerswap import evaluate
+def _eval_settings(args: argparse.Namespace) -> EvalSettings:
+    """The EvalSettings of `eval`'s options: those given, EvalSettings' defaults for the rest."""
+    from mergekit_layerswap.evaluate import EvalSettings
 
     if args.tasks and args.data_dir:
         raise InputError("--data-dir is MGSM's: with --tasks, the task YAMLs say where data is")
     if args.batch_size and args.batch_size.isdigit():
         args.batch_size = int(args.batch_size)
-    # the options given; EvalSettings holds the defaults of those left out
-    given = {name: getattr(args, name) for name in evaluate.EvalSettings.model_fields}
-    settings = evaluate.EvalSettings.checked(**{k: v for k, v in given.items() if v is not None})
+    given = {name: getattr(args, name) for name in EvalSettings.model_fields}
+    return EvalSettings.checked(**{k: v for k, v in given.items() if v is not None})
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mergekit_layerswap import evaluate
+
+    settings = _eval_settings(args)
     results = evaluate.evaluate_models(args.models, settings, args.output, cache_dir=args.cache_dir)
     print(evaluate.render_markdown(results))
-    print(f"wrote {args.output}/results.json and results.md")
+    print(f"wrote {Path(args.output) / 'results.json'} and results.md")
     return 0
 
 
@@ -255,8 +265,8 @@ def _push(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
     )
     for path, size in upload.files:
-        print(f"  {size / 1e6:10.1f} MB  {path}")
-    total = f"{len(upload.files)} files, {upload.total_bytes / 1e9:.2f} GB"
+        print(f"  {hub.human_size(size):>8}  {path}")
+    total = f"{len(upload.files)} files, {hub.human_size(upload.total_bytes)}"
     if args.dry_run:
         print(f"dry run: would upload {total} to {upload.repo_id}")
     else:

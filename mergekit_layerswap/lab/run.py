@@ -296,6 +296,14 @@ def designated_swap(result) -> dict:
     return {"donor": {"bottom": 1, "top": 1}, "transition": 0, "source": "fallback"}
 
 
+class _NoAnchors(yaml.SafeDumper):
+    """A list used twice (the experts of ties and dare-ties) written out twice, not as an
+    `&id001` anchor and its `*id001` alias: suite.yml is for people to read."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
 def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, excluded, log):
     """One seed end to end; returns {model name: {column: result record}} and the swap."""
     from mergekit_layerswap import analysis
@@ -322,7 +330,7 @@ def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, exc
     swap = json.loads(swap_file.read_text())
     config = suite_config(settings, models, swap, task_folder)
     config["evaluation"]["max_gen_toks"] = settings.max_gen_toks
-    (folder / "suite.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (folder / "suite.yml").write_text(yaml.dump(config, Dumper=_NoAnchors, sort_keys=False))
     names = ", ".join(config["evaluation"]["tasks"])
     print(f"seed {seed}: suite (merges, then lm-eval on {names})", flush=True)
     run_suite(parse_suite(config, folder), folder / "suite")

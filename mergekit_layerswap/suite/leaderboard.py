@@ -115,7 +115,7 @@ def picture(groups: dict[str, list[Bar]], columns: list[str], title: str, note: 
     for heading, bars in groups.items():
         if bars:
             slots += [(heading, None)] + [(bar.label, bar) for bar in bars]
-    width = 2.0 + 2.1 * len(columns)
+    width = 2.0 + max(1.4, min(2.1, 7.0 / len(columns))) * len(columns)  # inches
     lines = textwrap.wrap(f"{note} Each panel has its own scale.", int(13 * width))
     figure, panels = plt.subplots(
         1,
@@ -131,7 +131,7 @@ def picture(groups: dict[str, list[Bar]], columns: list[str], title: str, note: 
             [bar.scores[column] + bar.spread.get(column, 0.0) for _, bar in slots if bar] + [5.0]
         )
         axes.set_xlim(0, 1.3 * top)
-        axes.set_xticks([tick for tick in axes.get_xticks() if 0 <= tick <= 100])
+        axes.set_xticks([tick for tick in axes.get_xticks() if 0 <= tick <= min(100, 1.3 * top)])
         axes.set_title(column, color=colour, fontweight="bold", fontsize=10)
         for y, (_, bar) in enumerate(slots):
             if bar is None:
