@@ -11,9 +11,11 @@ import importlib
 import sys
 
 
-def _patch(name: str):
+def _patch(*names: str):
     def callback(module) -> None:
-        getattr(importlib.import_module("mergekit_layerswap.patches"), name)(module)
+        patches = importlib.import_module("mergekit_layerswap.patches")
+        for name in names:
+            getattr(patches, name)(module)
 
     return callback
 
@@ -28,7 +30,7 @@ _WATCHED = {
     "mergekit.merge_methods": _register,
     "mergekit.config": _patch("guard_config"),
     "mergekit.plan": _patch("guard_planner"),
-    "mergekit.merge": _patch("guard_card"),
+    "mergekit.merge": _patch("guard_card", "quiet_dtype"),
 }
 
 

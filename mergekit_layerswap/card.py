@@ -18,7 +18,7 @@ from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
 from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.evaluate.identity import fingerprint_dir
 from mergekit_layerswap.evaluate.results import EvalResults, LanguageResult, ModelResult
-from mergekit_layerswap.evaluate.settings import EvalSettings
+from mergekit_layerswap.evaluate.settings import eval_command
 from mergekit_layerswap.evaluate.tasks import HEADLINE_FILTER, HUB_DATASET
 from mergekit_layerswap.files import write_atomic
 from mergekit_layerswap.plan import compile_slices
@@ -31,6 +31,12 @@ CITATION = """@inproceedings{bandarkar2025layerswapping,
   year      = {2025},
   url       = {https://arxiv.org/abs/2410.01335}
 }"""
+#: How to install what the commands below the card's "Reproduce" need.
+INSTALL = (
+    "mergekit-layerswap is not yet on a package index: install it from a clone of its "
+    "repository with `pip install -e .` (this registers `merge_method: layer_swap` with "
+    "mergekit), then run these in a copy of this folder:"
+)
 MGSM_CITATION = (
     "MGSM: Shi et al., *Language Models are Multilingual Chain-of-Thought Reasoners* (2022); "
     "GSM8K: Cobbe et al. (2021)."
@@ -222,29 +228,17 @@ def render(
         "",
         "## Reproduce",
         "",
+        INSTALL,
+        "",
         "```bash",
-        "pip install mergekit-layerswap   # registers merge_method: layer_swap with mergekit",
         command,
     ]
     if scored is not None:
-        body.append(_eval_command(results.settings))
+        body.append(eval_command(["OUT"], results.settings, "results/"))
     mgsm = scored is None or results.settings.is_mgsm
     body += ["```", "", "## Citation", "", "```bibtex", CITATION, "```", ""]
     body += [MGSM_CITATION, ""] if mgsm else []
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
-
-
-def _eval_command(s: EvalSettings) -> str:
-    """The `eval` command that reproduces the scores."""
-    if s.is_mgsm:
-        what = f"--languages {','.join(s.languages)} --mode {s.mode} --num-fewshot {s.num_fewshot}"
-    else:
-        what = f"--tasks {','.join(s.tasks)}" + (
-            f" --include-path {s.include_path}" if s.include_path else ""
-        )
-        what += f" --num-fewshot {s.num_fewshot}" if s.num_fewshot is not None else ""
-    limit = f" --limit {s.limit}" if s.limit else ""
-    return f"mergekit-layerswap eval OUT {what}{limit} --output results/"
 
 
 def read_config(model_dir: Path) -> tuple[dict, str]:

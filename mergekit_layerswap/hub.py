@@ -39,6 +39,16 @@ def repo_id_problem(repo_id: str) -> str | None:
     return None
 
 
+def human_size(size: float) -> str:
+    """Bytes as B, KB, MB or GB (powers of 1000); whole bytes below 1 KB, so that a file
+    that is not empty never reads 0."""
+    units = ("B", "KB", "MB", "GB")
+    power = 0
+    while size >= 1000 and power < len(units) - 1:
+        size, power = size / 1000, power + 1
+    return f"{size:.0f} B" if power == 0 else f"{size:.1f} {units[power]}"
+
+
 @dataclass(frozen=True)
 class Upload:
     repo_id: str

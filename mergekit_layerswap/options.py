@@ -49,9 +49,15 @@ class _Switch(argparse.Action):
         setattr(namespace, self.dest, option_string not in self.off)
 
 
+#: mergekit-yaml options that `merge` accepts but does not list: only their default works
+#: there (`merge.check` refuses the other value in one line: safetensors only).
+UNLISTED = frozenset({"safe_serialization"})
+
+
 def add_merge_options(parser: argparse.ArgumentParser) -> None:
     """mergekit-yaml's options, spelled, explained and grouped as mergekit declares them (read
-    from the click options its `add_merge_options` builds from `MergeOptions`)."""
+    from the click options its `add_merge_options` builds from `MergeOptions`), except that
+    `-h` does not list those in UNLISTED."""
     import click
     from mergekit.options import OPTION_CATEGORIES
     from mergekit.options import add_merge_options as click_options
@@ -74,6 +80,8 @@ def add_merge_options(parser: argparse.ArgumentParser) -> None:
         text = (option.help or "").replace("%", "%%")
         if option.show_default and option.default is not None and option.default is not False:
             text += f" [default: {option.opts[0] if option.default is True else option.default}]"
+        if option.name in UNLISTED:
+            text = argparse.SUPPRESS
         groups[category].add_argument(*option.opts, help=text, **kwargs)
 
 

@@ -8,7 +8,9 @@ as mergekit's own modules finish importing:
   any tensor is read, then compile it into minimal-read slices) and `plan_to_disk` (one
   streamed write task instead of per-tensor tasks);
 - `guard_card` wraps `mergekit.merge.generate_card` (our model card) and `run_merge` (an
-  absolute output path, so the card names the folder).
+  absolute output path, so the card names the folder);
+- `quiet_dtype` wraps `mergekit.merge._model_out_config`, which sets the output config's
+  dtype through transformers' deprecated `torch_dtype` (a warning on every merge).
 Each wrapped function is pinned by tests/test_registration.py: a mergekit that moves one
 fails there, and `_wrap` refuses to patch a function that is missing. Nothing here imports
 mergekit or torch at module level.
@@ -228,3 +230,24 @@ def guard_card(merge_module) -> None:
 
     _wrap(merge_module, "generate_card", make_generate_card)
     _wrap(merge_module, "run_merge", make_run_merge)
+
+
+def quiet_dtype(merge_module) -> None:
+    """mergekit sets the output config's dtype as `config.torch_dtype = ...`, which
+    transformers 5 answers with "`torch_dtype` is deprecated" on every merge: mergekit's
+    `_model_out_config` gets the merge config without its dtypes, and the dtype it would have
+    set (`out_dtype`, else `dtype`) is set as `dtype` (the config.json written is the same)."""
+
+    def make_model_out_config(original):
+        @functools.wraps(original)
+        def model_out_config(config, *args, **kwargs):
+            dtype = config.out_dtype or config.dtype
+            undated = config.model_copy(update={"out_dtype": None, "dtype": None})
+            out = original(undated, *args, **kwargs)
+            if dtype:
+                out.dtype = dtype
+            return out
+
+        return model_out_config
+
+    _wrap(merge_module, "_model_out_config", make_model_out_config)

@@ -246,5 +246,5 @@ def test_bad_executor_settings_are_refused(
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     code, text = run(capsys, path, tmp_path / "out4", "--executor", "ray")
-    assert code == 2 and "pip install 'mergekit-layerswap[ray]'" in text, text
+    assert code == 2 and "pip install 'ray[client]>=2.9'" in text, text
     assert not (tmp_path / "out4").exists()

@@ -265,7 +265,7 @@ def prepare(
     if vllm_missing:
         problems.append(
             "the vllm backend needs the vllm package, which is not installed: "
-            "pip install 'mergekit-layerswap[vllm]' (Linux with a CUDA GPU)"
+            "pip install 'lm-eval[vllm]==0.4.13' (Linux with a CUDA GPU)"
         )
     vllm = [] if vllm_missing or settings.backend != "vllm" else ["vllm"]
     versions = mergekit_layerswap.versions("lm_eval", "transformers", "torch", *vllm)

@@ -5,6 +5,7 @@ section and the lab; `InputError` (one line per problem) when a value is wrong."
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -175,3 +176,32 @@ class EvalSettings(BaseModel):
         if data.get("tasks"):
             data["languages"] = None
         return cls.checked(**data)
+
+    def eval_arguments(self) -> list[str]:
+        """`mergekit-layerswap eval`'s options that score as these settings do: what is
+        scored (languages, or tasks and their folder), every field in `_SCORING` that is set
+        (`mode` for MGSM only), and the batch size where it is not the backend's default
+        (padded batches may round a near-tied token differently). The device, the MGSM data
+        folder and sample logging are the machine's to choose."""
+        what = {"languages": self.languages} if self.is_mgsm else {"tasks": self.tasks}
+        if self.include_path is not None:
+            what["include_path"] = self.include_path
+        scoring = {name: getattr(self, name) for name in _SCORING}
+        if not self.is_mgsm:
+            del scoring["mode"]
+        default_batch = DEFAULT_HF_BATCH_SIZE if self.backend == "hf" else "auto"
+        if self.batch_size != default_batch:
+            scoring["batch_size"] = self.batch_size
+        arguments = []
+        for name, value in {**what, **scoring}.items():
+            if value is not None:
+                text = ",".join(value) if isinstance(value, tuple) else str(value)
+                arguments += ["--" + name.replace("_", "-"), text]
+        return arguments
+
+
+def eval_command(models: Sequence[str], settings: EvalSettings, output: str) -> str:
+    """The `mergekit-layerswap eval` command line (shell-quoted) that scores `models` as
+    `settings` do, into the folder `output`."""
+    words = ["mergekit-layerswap", "eval", *models, *settings.eval_arguments()]
+    return shlex.join([*words, "--output", output])

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegative
 
 from mergekit_layerswap.errors import InputError
 
-INSTALL_HINT = "pip install 'mergekit-layerswap[ray]'"
+#: What the `ray` extra of pyproject.toml installs (`client`: ray://HOST:PORT addresses).
+INSTALL_HINT = "pip install 'ray[client]>=2.9'"
 
 
 class ExecutorSettings(BaseModel):

@@ -109,21 +109,24 @@ def plan(
 
 
 def describe(steps: list[Step]) -> list[str]:
-    """The plan in words, one line per entry (for --dry-run)."""
-    lines = []
+    """The plan in words, one line per entry, in aligned columns (for --dry-run)."""
+    rows = []
     for step in steps:
-        if step.entry.kind == "input":
+        entry = step.entry
+        if entry.kind == "input":
             merge_state = "-"
-        elif step.entry.in_memory:
+        elif entry.in_memory:
             merge_state = "memory"
         else:
             merge_state = "to run" if step.merge_needed else "cached"
         eval_state = "to run" if step.eval_needed else "cached"
-        lines.append(
-            f"{step.entry.name:<28} {step.entry.kind:<6} {step.entry.method:<14} "
-            f"merge: {merge_state:<7} eval: {eval_state}"
+        rows.append(
+            (entry.name, entry.kind, entry.method, f"merge: {merge_state}", f"eval: {eval_state}")
         )
-    return lines
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
 
 
 def _publish(store: Store, step: Step, suite: Suite) -> None:
