@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from mergekit_layerswap import cli
+from mergekit_layerswap.errors import RunError
 from mergekit_layerswap.lab import language, run, tasks
 
 #: The CI form: one seed, the tiny size, fewer test problems and steps than `demo`.
@@ -89,12 +90,13 @@ def test_training_is_deterministic(tmp_path):
 
 
 @pytest.mark.slow
-def test_smallest_lab_is_not_degenerate_resumes_and_reruns_identically(tmp_path):
+def test_smallest_lab_is_not_degenerate_resumes_and_reruns_identically(tmp_path, monkeypatch):
     """One seed end to end: each expert scores above zero in its own domain, the experts
     differ, a rerun reuses everything, and scores recomputed from scratch are identical."""
-    out = tmp_path / "lab"
+    monkeypatch.chdir(tmp_path)
+    out = Path("lab")  # relative, as a user types it (the suite once doubled it)
     settings = run.LabSettings(**CI)
-    data = run.run_lab(out, settings)
+    data = run.run_lab(out, settings, threads=1)
     math_sw, math_en, read_sw = data["columns"]
     scores = {
         name: {c: v["exact_match"] for c, v in model["columns"].items()}
@@ -113,6 +115,9 @@ def test_smallest_lab_is_not_degenerate_resumes_and_reruns_identically(tmp_path)
     first = (out / "lab.json").read_bytes()
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "seed-0").rglob("*.safetensors")}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # resumed from another folder, another spelling
+    out = Path("../lab")
     assert run.run_lab(out, settings) == data  # resumed: nothing trained, merged or scored
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert (out / "lab.json").read_bytes() == first
@@ -124,14 +129,64 @@ def test_smallest_lab_is_not_degenerate_resumes_and_reruns_identically(tmp_path)
 
 
 def test_lab_refuses_bad_input_before_training(tmp_path, capsys):
+    """Every problem at once, exit 2, before anything is trained or written."""
     a_file = tmp_path / "file"
     a_file.write_text("")
     assert cli.main(["lab", str(a_file / "out")]) == 2
-    assert cli.main(["lab", str(tmp_path / "out"), "--seeds", "0"]) == 2
+    argv = ["lab", str(tmp_path / "out"), "--seeds", "0", "--threads", "0", "--device", "cuda"]
+    assert cli.main(argv) == 2
+    assert cli.main(["demo", str(tmp_path / "out"), "--threads", "-1"]) == 2
     err = capsys.readouterr().err
     assert "cannot write" in err or "not a" in err
     assert "--seeds: Input should be greater than 0" in err
-    assert not (tmp_path / "out").exists()
+    assert "--threads: 0 is not a thread count" in err and "--threads: -1" in err
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "--device cuda: torch sees no CUDA GPU here; use --device cpu" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs (root only: where mounting is refused the test is skipped)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", mount], check=False)
+    if done.returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", mount], check=True)
+
+
+def test_lab_refuses_a_disk_without_room_before_training(small_disk, capsys):
+    assert cli.main(["demo", str(small_disk / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "MB free; free some space or choose another OUT_DIR" in err
+    assert not any(small_disk.iterdir())
+
+
+def test_a_disk_that_fills_while_saving_is_one_line_and_leaves_no_partial(small_disk, tmp_path):
+    """Past the up-front check (another process filled the disk): the model that could not be
+    written is named, and its partial folder is gone."""
+    (small_disk / "filler").write_bytes(b"0" * 2_900_000)
+    settings = run.LabSettings(seeds=1, base_steps=2, expert_steps=2)
+    excluded = tasks.build("sw", 4, settings.test_seed).excludes
+    with pytest.raises(RunError, match=r"could not write the model .*/models/base: "):
+        run.train_models(settings, 0, small_disk / "models", excluded, lambda *_: None)
+    assert [p.name for p in (small_disk / "models").iterdir()] == []
+
+
+def test_torch_threads_are_left_alone_unless_asked():
+    import torch
+
+    before = torch.get_num_threads()
+    with run.torch_threads(None):
+        assert torch.get_num_threads() == before
+    with run.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
 
 
 def test_task_folder_is_plain_lm_eval(tmp_path):

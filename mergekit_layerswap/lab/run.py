@@ -15,17 +15,20 @@ suite reuses its finished merges and scores.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
+from mergekit_layerswap.errors import InputError, RunError, first_line
 from mergekit_layerswap.lab import language, tasks, train
 from mergekit_layerswap.merge import remove_stale_partials
 
@@ -71,6 +74,90 @@ class LabSettings(BaseModel):
     def steps(self) -> tuple[int, int]:
         base, expert = STEPS[self.size]
         return self.base_steps or base, self.expert_steps or expert
+
+
+def default_threads() -> int | None:
+    """The lab's torch thread count when `--threads` is not given: torch's own default
+    (None: untouched) when the user set `OMP_NUM_THREADS`, else 1.
+
+    Measured on 2 cores (`bench/demo_under_load.py`): the tiny models' ops are small, so each
+    step is many short parallel regions; with 2 threads, libgomp's workers spin at every
+    barrier, and when another process takes one core the spinning thread burns the time
+    slice its sibling needs: a training step went from 0.14 s (quiet) to 0.80 s with both
+    cores busy, against 0.25 s to 0.39 s with 1 thread."""
+    return None if os.environ.get("OMP_NUM_THREADS") else 1
+
+
+def disk_needed(settings: LabSettings) -> int:
+    """About how many bytes a run writes: each seed's base, experts and written merges in
+    float32 (sweep variants are scored in memory), with a quarter more for the rest."""
+    hidden, layers, _, intermediate = train.SIZES[settings.size]
+    vocab = len(language.vocabulary()) + 4
+    per_layer = 4 * hidden * hidden + 3 * hidden * intermediate + 2 * hidden
+    model = 4 * (2 * vocab * hidden + layers * per_layer + hidden)
+    merges = len(suite_config(settings, {}, {"donor": {}, "transition": 0}, Path())["merges"])
+    return int(1.25 * settings.seeds * (3 + merges) * model)
+
+
+def check_lab(out_dir: str | Path, threads: int | None, **values) -> LabSettings:
+    """LabSettings from the command line's `values`, or InputError with every problem
+    (settings, `--threads`, a `--device` this machine lacks, an output folder that cannot be
+    written or lacks the space) before anything is trained or written."""
+    from mergekit_layerswap.evaluate.run import check_writable
+
+    problems, settings = [], None
+    try:
+        settings = LabSettings(**values)
+    except ValidationError as error:
+        problems += [f"--{e['loc'][0]}: {e['msg']}" for e in error.errors()]
+    if threads is not None and threads < 1:
+        problems.append(f"--threads: {threads} is not a thread count; give 1 or more")
+    if values.get("device") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append("--device cuda: torch sees no CUDA GPU here; use --device cpu")
+    out = Path(out_dir)
+    try:
+        check_writable(out, "output")
+    except InputError as error:
+        problems += error.problems
+    else:
+        if settings is not None:
+            problems += _space_problems(out, disk_needed(settings))
+    if problems:
+        raise InputError(problems)
+    return settings
+
+
+def _space_problems(out: Path, needed: int) -> list[str]:
+    """A problem line when the file system of `out` has not `needed` bytes free (what `out`
+    already holds counts: a resumed run rewrites little)."""
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    held = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else 0
+    free = shutil.disk_usage(existing).free
+    if free + held >= needed:
+        return []
+    return [
+        f"{out}: the lab writes about {needed / 1e6:.0f} MB and {existing} has "
+        f"{free / 1e6:.0f} MB free; free some space or choose another OUT_DIR"
+    ]
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with `threads` intra-op torch threads (None: leave torch as it is), restored after."""
+    import torch
+
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _samplers(settings: LabSettings, excluded: frozenset[tuple]):
@@ -205,7 +292,7 @@ def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) 
             seed=seed,
             progress=log(f"seed {seed}: pretraining the base", base_steps),
         )
-        train.save(base.cpu(), tokenizer, partial["base"])
+        _save(base, tokenizer, partial["base"], paths["base"])
         _publish(partial["base"], paths["base"], keys["base"])
     outer = _outer(settings.size)
     experts = (
@@ -226,9 +313,21 @@ def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) 
             trainable=part if settings.modular else None,
             progress=log(f"seed {seed}: fine-tuning the {what}", expert_steps),
         )
-        train.save(model.cpu(), tokenizer, partial[name])
+        _save(model, tokenizer, partial[name], paths[name])
         _publish(partial[name], paths[name], keys[name])
     return paths
+
+
+def _save(model, tokenizer, partial: Path, final: Path) -> None:
+    """`train.save` into `partial`, or RunError naming the model that could not be written
+    (a full disk, say), with `partial` removed."""
+    from safetensors import SafetensorError
+
+    try:
+        train.save(model.cpu(), tokenizer, partial)
+    except (OSError, SafetensorError) as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise RunError(f"could not write the model {final}: {first_line(error)}") from None
 
 
 def suite_config(
@@ -360,15 +459,17 @@ def _progress(description: str, total: int):
     return update
 
 
-def run_lab(out_dir: str | Path, settings: LabSettings) -> dict:
-    """Every seed's pipeline, then the report; returns what lab.json holds."""
-    import torch
+def run_lab(out_dir: str | Path, settings: LabSettings, threads: int | None = None) -> dict:
+    """Every seed's pipeline, then the report; returns what lab.json holds. `threads`: torch's
+    intra-op thread count during the run (None: torch's default)."""
+    with torch_threads(threads):
+        return _run_lab(Path(out_dir).absolute(), settings)
 
+
+def _run_lab(out: Path, settings: LabSettings) -> dict:
     from mergekit_layerswap.lab import report
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     test = tasks.build(settings.language, settings.n_test, settings.test_seed)
     task_folder = tasks.write(test, settings.language, out / "tasks", settings.max_gen_toks)
     columns = list(tasks.task_names(settings.language))
