@@ -5,7 +5,11 @@ processes that spin on the CPU (what another user's job does), and prints both w
 and their ratio (target: at most 2.0 on a 2-core machine). Pass `--threads N` to time another
 thread count than the demo's default; `--threads default` runs the demo as a user would.
 
-Usage: python bench/demo_under_load.py [--threads default|N] [--workdir DIR]
+`--steps N` instead times N training steps of the demo's base (batch 32) with 1 and with 2
+torch threads, alone and beside the busy processes: wall and CPU seconds per step, which
+show where the time goes (CPU per step far above wall: threads spinning, not computing).
+
+Usage: python bench/demo_under_load.py [--threads default|N] [--workdir DIR] [--steps N]
 """
 
 from __future__ import annotations
@@ -20,6 +24,21 @@ import time
 from pathlib import Path
 
 SPIN = "while True: pass"
+STEPS = """
+import sys, tempfile, time
+from pathlib import Path
+import torch
+from mergekit_layerswap.lab import run, train
+threads, steps = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(threads)
+base, _, _ = run._samplers(run.LabSettings(), frozenset())
+tokenizer = train.build_tokenizer(Path(tempfile.mkdtemp()))
+model = train.new_model("tiny", len(tokenizer), 0)
+train.train(model, tokenizer, base, train.Schedule(5, 1e-3), seed=0)  # warm-up
+wall, cpu = time.perf_counter(), time.process_time()
+train.train(model, tokenizer, base, train.Schedule(steps, 1e-3), seed=0)
+print((time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps)
+"""
 
 
 def run_demo(out: Path, threads: str) -> float:
@@ -33,11 +52,36 @@ def run_demo(out: Path, threads: str) -> float:
     return time.perf_counter() - start
 
 
+def busy(cores: int) -> list[subprocess.Popen]:
+    """One process spinning on the CPU per core."""
+    return [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(cores)]
+
+
+def step_times(steps: int, cores: int) -> None:
+    """Seconds per training step (wall, CPU) by thread count, alone and beside busy cores."""
+    for load in (False, True):
+        spinners = busy(cores) if load else []
+        try:
+            for threads in (1, 2):
+                argv = [sys.executable, "-c", STEPS, str(threads), str(steps)]
+                done = subprocess.run(argv, capture_output=True, text=True, check=True)
+                wall, cpu = map(float, done.stdout.split())
+                where = f"beside {cores} busy" if load else "alone"
+                print(f"{threads} thread(s), {where:>13}: {wall:.3f} s/step wall, {cpu:.3f} CPU")
+        finally:
+            for spinner in spinners:
+                spinner.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="default", help="the demo's --threads (or default)")
     parser.add_argument("--workdir", help="where the demos write (default: a new temp folder)")
+    parser.add_argument("--steps", type=int, help="time N training steps instead of the demo")
     args = parser.parse_args()
+    if args.steps:
+        step_times(args.steps, os.cpu_count() or 1)
+        return
     work = Path(args.workdir or tempfile.mkdtemp(prefix="demo-load-"))
     work.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -48,14 +92,14 @@ def main() -> None:
 
     quiet = run_demo(work / "quiet", args.threads)
     print(f"demo alone:                  {quiet:7.1f} s", flush=True)
-    spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(cores)]
+    spinners = busy(cores)
     try:
-        busy = run_demo(work / "busy", args.threads)
+        loaded = run_demo(work / "busy", args.threads)
     finally:
         for spinner in spinners:
             spinner.kill()
-    print(f"demo beside {cores} busy processes: {busy:7.1f} s")
-    print(f"busy / alone = {busy / quiet:.2f} (target <= 2.0); outputs in {work}")
+    print(f"demo beside {cores} busy processes: {loaded:7.1f} s")
+    print(f"busy / alone = {loaded / quiet:.2f} (target <= 2.0); outputs in {work}")
     if not args.workdir:
         shutil.rmtree(work)
 

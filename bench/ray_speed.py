@@ -8,7 +8,7 @@ the Ray run it prints the wall time of the task graph, the sum of the tasks' own
 from OUT_DIR/ray-run.json, measured in that one run) and their ratio: below 1 means the
 tasks overlapped (1/CPUs is the ideal).
 
-Usage: MGSM_DATA_DIR=../shared/mgsm/hf python bench/ray_speed.py [--models 4] [--limit 32]
+Usage: MGSM_DATA_DIR=FULL_MGSM_COPY python bench/ray_speed.py [--models 4] [--limit 32]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ twice in one process: with variants built in memory (the default) and written to
 (`in_memory: false`). For each it prints the total `run_suite` wall time, the time spent
 inside lm-eval's evaluation of the models, and their ratio (target <= 1.15 in memory).
 
-Usage: MGSM_DATA_DIR=../shared/mgsm/hf python bench/sweep_speed.py [--limit 20] [--layers 8]
+Usage: MGSM_DATA_DIR=FULL_MGSM_COPY python bench/sweep_speed.py [--limit 20] [--layers 8]
 """
 
 from __future__ import annotations
