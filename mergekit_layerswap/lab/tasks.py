@@ -8,7 +8,8 @@ sequences, the `strict-match` and `flexible-extract` filters, exact match):
   expert's own domain (no arithmetic).
 Problems are drawn with a test seed of their own; every draw that a training sampler could
 produce is excluded there (`TestSet.excludes`), so no training set contains a test item.
-The folder reruns with plain `lm_eval --include_path FOLDER --tasks lab`.
+The folder reruns with plain lm-eval: `lm_eval --model hf --model_args pretrained=MODEL
+--include_path FOLDER --tasks lab --gen_kwargs max_gen_toks=N` (the lab's N: 48).
 """
 
 from __future__ import annotations
