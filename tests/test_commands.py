@@ -4,6 +4,7 @@ work today, no `torch_dtype` warning on a merge, and the small print defects of 
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -212,3 +213,18 @@ def test_card_commands_run_as_written_and_give_the_card_scores(aliases, tmp_path
     stored = json.loads((tmp_path / "out" / "results" / "swap.json").read_text())["languages"]
     assert {t: r["n"] for t, r in again["languages"].items()} == {t: 2 for t in names}
     assert {t: r["exact_match"] for t, r in stored.items()} == on_card
+    # tiny random models score 0 anyway: the runs must also agree on every scoring setting
+    # and task file (their cache keys but the model's fingerprint, which counts the suite's
+    # metadata file) and generate the same text
+    assert cached_runs(copy / "results" / "cache") == cached_runs(tmp_path / "out" / "cache")
+
+
+def cached_runs(folder: Path) -> dict[str, tuple[dict, bytes]]:
+    """Column -> (its result cache key without the model, its samples) in a result cache."""
+    runs = {}
+    for path in folder.glob("*.json"):
+        key = json.loads(path.read_text())["key"]
+        del key["model"]
+        samples = gzip.decompress(path.with_suffix(".samples.jsonl.gz").read_bytes())
+        runs[key.pop("language")] = (key, samples)
+    return runs
