@@ -108,7 +108,7 @@ def _role(name: str, best: str | None) -> str:
     if name in RIVALS:
         return " (rival)"
     if name == best:
-        return " (best sweep variant, chosen on the test set)"
+        return " (best sweep variant)"
     return ""
 
 
@@ -145,12 +145,12 @@ def _glossary(data: dict) -> list[str]:
         "the best of them in every seed.",
         "- **soup**: the plain 0.5/0.5 average of both experts; **task-arithmetic**, **ties**, "
         "**dare-ties**: both experts' changes from the base added to it (TIES and DARE-TIES "
-        "keep half of each change, density 0.5).",
+        "keep half of the entries of each change, density 0.5).",
         "- **sweep variants**, e.g. swap-b1-t2-tr1: the language expert's bottom 1 and top 2 "
         "layers in the math expert, with 1 transition layer; `bN` = bottom N layers, `tN` = "
         "top N (no `t`: top 0), `trN` = N transition layers (blended between the two experts "
-        "beside each swapped block; tr0: none). The best variant is picked on the test set, "
-        "so its score flatters it.",
+        "beside each swapped block; tr0: none). The **best sweep variant** is picked on the "
+        "test set itself, so its score flatters it.",
         "- **flexible-extract**: the last number of the answer counts; **strict-match**: only "
         f'the number after "{language.PROMPT["en"][2]}" (English) or '
         f'"{language.PROMPT[settings["language"]][2]}" ({target}).',
@@ -249,7 +249,7 @@ def plot(data: dict) -> Figure:
             heading = headings[2] if name.startswith("swap-") else headings[1]
         groups[heading].append(
             Bar(
-                name + _role(name, best).replace(", chosen on the test set", ""),
+                name + _role(name, best),
                 {c: 100 * s["mean"] for c, s in stats.items()},
                 {c: 100 * s["std"] for c, s in stats.items()},
                 marked=name == SWAP,
