@@ -115,6 +115,7 @@ def test_merge_refuses_no_safe_serialization_in_one_line_and_does_not_list_it(
     host, donor = make_model("llama", 4, seed=1), make_model("llama", 4, seed=2)
     config = tmp_path / "swap.yml"
     config.write_text(yaml.safe_dump(layer_swap(host, {donor: {"bottom": 1}})))
+    capsys.readouterr()
     assert cli.main(["merge", str(config), str(tmp_path / "out"), "--no-safe-serialization"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--no-safe-serialization: merge writes safetensors" in err
