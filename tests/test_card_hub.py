@@ -181,6 +181,11 @@ def test_push_dry_run_lists_a_complete_folder_and_refuses_broken_ones(merged, tm
     assert cli.main(["push", str(merged), "--repo-id", "me/swap", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "model.safetensors" in out and "README.md" in out and "dry run: would upload" in out
+    # every file's size in B/KB/MB, as on disk (tiny files once all read "0.0 MB")
+    for line in out.splitlines()[:-1]:
+        number, unit, name = line.split()
+        size = (merged / name).stat().st_size
+        assert float(number) * {"B": 1, "KB": 1e3, "MB": 1e6}[unit] == pytest.approx(size, rel=0.06)
     for name, (folder, message) in broken_copies(merged, tmp_path).items():
         code = cli.main(["push", str(folder), "--repo-id", "me/swap", "--dry-run"])
         err = capsys.readouterr().err
