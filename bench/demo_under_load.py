@@ -28,10 +28,11 @@ STEPS = """
 import sys, tempfile, time
 from pathlib import Path
 import torch
-from mergekit_layerswap.lab import run, train
+from mergekit_layerswap.lab import samplers, train
+from mergekit_layerswap.lab.settings import LabSettings
 threads, steps = int(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(threads)
-base, _, _ = run._samplers(run.LabSettings(), frozenset())
+base, _, _ = samplers.samplers(LabSettings(), frozenset())
 tokenizer = train.build_tokenizer(Path(tempfile.mkdtemp()))
 model = train.new_model("tiny", len(tokenizer), 0)
 train.train(model, tokenizer, base, train.Schedule(5, 1e-3), seed=0)  # warm-up

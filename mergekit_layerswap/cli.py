@@ -218,7 +218,8 @@ def _add_lab(sub: Subparsers) -> None:
 
 
 def _lab(args: argparse.Namespace) -> int:
-    from mergekit_layerswap.lab.run import check_lab, default_threads, run_lab
+    from mergekit_layerswap.lab.preflight import check_lab, default_threads
+    from mergekit_layerswap.lab.run import run_lab
 
     values = {k: getattr(args, k) for k in ("seeds", "language", "device", "size")}
     settings = check_lab(args.out, args.threads, **values)

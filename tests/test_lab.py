@@ -14,7 +14,8 @@ import yaml
 
 from mergekit_layerswap import cli
 from mergekit_layerswap.errors import RunError
-from mergekit_layerswap.lab import language, run, tasks
+from mergekit_layerswap.lab import language, run, samplers, tasks
+from mergekit_layerswap.lab.settings import LabSettings
 
 #: The CI form: one seed, the tiny size, fewer test problems and steps than `demo`.
 CI = {"seeds": 1, "n_test": 24, "base_steps": 400, "expert_steps": 150}
@@ -22,15 +23,15 @@ CI = {"seeds": 1, "n_test": 24, "base_steps": 400, "expert_steps": 150}
 
 def test_training_and_test_data_are_disjoint():
     """No training sampler (base, math expert, language expert) writes a test item."""
-    settings = run.LabSettings()
+    settings = LabSettings()
     test = tasks.build("sw", 60, settings.test_seed)
     assert all(len(items) == 60 for items in test.items.values())
     assert len(test.excludes) == 180  # distinct draws across the three tasks
     questions = {p.question for items in test.items.values() for p in items}
     mixture = {kind: 1.0 for kind in settings.mixture}  # every kind of base text
-    samplers = run._samplers(settings.model_copy(update={"mixture": mixture}), test.excludes)
+    drawn = samplers.samplers(settings.model_copy(update={"mixture": mixture}), test.excludes)
     rng = random.Random(0)
-    for sampler in samplers:
+    for sampler in drawn:
         for _ in range(3000):
             prompt, completion = sampler(rng)
             text = f"{prompt} {completion}"
@@ -51,7 +52,7 @@ def test_training_is_deterministic(tmp_path):
     """The same seed trains byte-identical models (a few steps are enough to tell); a rerun
     removes what a killed run left behind, and retrains only the stages whose settings
     changed (not for more seeds, another device or other evaluation settings)."""
-    settings = run.LabSettings(seeds=1, base_steps=8, expert_steps=4)
+    settings = LabSettings(seeds=1, base_steps=8, expert_steps=4)
     excluded = tasks.build("sw", 4, settings.test_seed).excludes
     quiet = lambda *_: lambda *_: None  # noqa: E731
     ended = subprocess.run(
@@ -95,7 +96,7 @@ def test_smallest_lab_is_not_degenerate_resumes_and_reruns_identically(tmp_path,
     differ, a rerun reuses everything, and scores recomputed from scratch are identical."""
     monkeypatch.chdir(tmp_path)
     out = Path("lab")  # relative, as a user types it (the suite once doubled it)
-    settings = run.LabSettings(**CI)
+    settings = LabSettings(**CI)
     data = run.run_lab(out, settings, threads=1)
     math_sw, math_en, read_sw = data["columns"]
     scores = {
@@ -171,7 +172,7 @@ def test_a_disk_that_fills_while_saving_is_one_line_and_leaves_no_partial(small_
     """Past the up-front check (another process filled the disk): the model that could not be
     written is named, and its partial folder is gone."""
     (small_disk / "filler").write_bytes(b"0" * 2_900_000)
-    settings = run.LabSettings(seeds=1, base_steps=2, expert_steps=2)
+    settings = LabSettings(seeds=1, base_steps=2, expert_steps=2)
     excluded = tasks.build("sw", 4, settings.test_seed).excludes
     with pytest.raises(RunError, match=r"could not write the model .*/models/base: "):
         run.train_models(settings, 0, small_disk / "models", excluded, lambda *_: None)

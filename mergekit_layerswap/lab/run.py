@@ -19,129 +19,18 @@ import contextlib
 import copy
 import json
 import os
-import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
-from mergekit_layerswap.errors import InputError, RunError, first_line
-from mergekit_layerswap.lab import language, tasks, train
+from mergekit_layerswap.errors import RunError, first_line
+from mergekit_layerswap.lab import samplers, tasks, train
+from mergekit_layerswap.lab.settings import LabSettings
 from mergekit_layerswap.merge import remove_stale_partials
 
 STAGE_FILE = "lab-stage.json"
-#: Steps per size: (base, each expert).
-STEPS = {"tiny": (500, 200), "small": (1500, 400)}
-
-
-class LabSettings(BaseModel):
-    """Everything that decides the lab's numbers (and its resume keys)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    seeds: PositiveInt = 3
-    language: Literal["sw"] = "sw"
-    size: Literal["tiny", "small"] = "tiny"
-    device: Literal["cpu", "cuda"] = "cpu"
-    n_test: PositiveInt = 60  # problems per task
-    test_seed: int = 1000
-    base_steps: PositiveInt | None = None  # default: STEPS[size]
-    expert_steps: PositiveInt | None = None
-    base_lr: float = 3e-3
-    expert_lr: float = 1e-3
-    #: The base's mixture: share of each kind of text (English generic, target generic,
-    #: translation pairs, English reading, target reading, bare arithmetic).
-    mixture: dict[str, float] = Field(
-        default_factory=lambda: {
-            "generic_en": 0.30,
-            "generic_target": 0.08,
-            "parallel": 0.12,
-            "reading_en": 0.15,
-            "reading_target": 0.05,
-            "arithmetic": 0.30,
-            "story_en": 0.0,
-            "story_target": 0.0,
-            "story_parallel": 0.0,
-        }
-    )
-    max_gen_toks: PositiveInt = 48
-    #: Modular experts (Bandarkar & Peng 2025): the math expert trains only the middle layers,
-    #: the language expert only the embeddings, the outer layers, the final norm and the head.
-    modular: bool = False
-
-    def steps(self) -> tuple[int, int]:
-        base, expert = STEPS[self.size]
-        return self.base_steps or base, self.expert_steps or expert
-
-
-def default_threads() -> int | None:
-    """The lab's torch thread count when `--threads` is not given: torch's own default
-    (None: untouched) when the user set `OMP_NUM_THREADS`, else 1.
-
-    Measured on 2 cores (`bench/demo_under_load.py`): the tiny models' ops are small, so each
-    step is many short parallel regions; with 2 threads, libgomp's workers spin at every
-    barrier, and when another process takes one core the spinning thread burns the time
-    slice its sibling needs: a training step went from 0.14 s (quiet) to 0.80 s with both
-    cores busy, against 0.25 s to 0.39 s with 1 thread."""
-    return None if os.environ.get("OMP_NUM_THREADS") else 1
-
-
-def disk_needed(settings: LabSettings) -> int:
-    """About how many bytes a run writes: each seed's base, experts and written merges in
-    float32 (sweep variants are scored in memory), with a quarter more for the rest."""
-    hidden, layers, _, intermediate = train.SIZES[settings.size]
-    vocab = len(language.vocabulary()) + 4
-    per_layer = 4 * hidden * hidden + 3 * hidden * intermediate + 2 * hidden
-    model = 4 * (2 * vocab * hidden + layers * per_layer + hidden)
-    merges = len(suite_config(settings, {}, {"donor": {}, "transition": 0}, Path())["merges"])
-    return int(1.25 * settings.seeds * (3 + merges) * model)
-
-
-def check_lab(out_dir: str | Path, threads: int | None, **values) -> LabSettings:
-    """LabSettings from the command line's `values`, or InputError with every problem
-    (settings, `--threads`, a `--device` this machine lacks, an output folder that cannot be
-    written or lacks the space) before anything is trained or written."""
-    from mergekit_layerswap.evaluate.run import check_writable
-
-    problems, settings = [], None
-    try:
-        settings = LabSettings(**values)
-    except ValidationError as error:
-        problems += [f"--{e['loc'][0]}: {e['msg']}" for e in error.errors()]
-    if threads is not None and threads < 1:
-        problems.append(f"--threads: {threads} is not a thread count; give 1 or more")
-    if values.get("device") == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            problems.append("--device cuda: torch sees no CUDA GPU here; use --device cpu")
-    out = Path(out_dir)
-    try:
-        check_writable(out, "output")
-    except InputError as error:
-        problems += error.problems
-    else:
-        if settings is not None:
-            problems += _space_problems(out, disk_needed(settings))
-    if problems:
-        raise InputError(problems)
-    return settings
-
-
-def _space_problems(out: Path, needed: int) -> list[str]:
-    """A problem line when the file system of `out` has not `needed` bytes free (what `out`
-    already holds counts: a resumed run rewrites little)."""
-    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
-    held = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else 0
-    free = shutil.disk_usage(existing).free
-    if free + held >= needed:
-        return []
-    return [
-        f"{out}: the lab writes about {needed / 1e6:.0f} MB and {existing} has "
-        f"{free / 1e6:.0f} MB free; free some space or choose another OUT_DIR"
-    ]
 
 
 @contextlib.contextmanager
@@ -158,60 +47,6 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _samplers(settings: LabSettings, excluded: frozenset[tuple]):
-    """(base, math expert, language expert) samplers of (prompt, completion) pairs; no
-    sampler ever writes a test item (`excluded` keys), in either language."""
-    target = settings.language
-
-    def fresh(make, rng: random.Random, lang: str) -> language.Problem:
-        item = make(rng, lang)
-        while item.key in excluded:
-            item = make(rng, lang)
-        return item
-
-    def fresh_pair(make, rng: random.Random) -> tuple[language.Problem, language.Problem]:
-        items = language.pair(make, rng)
-        while items[0].key in excluded:
-            items = language.pair(make, rng)
-        return items
-
-    def parallel(rng: random.Random) -> str:
-        if rng.random() < 0.5:
-            return " = ".join(language.generic_pair(rng))
-        return " = ".join(item.question for item in fresh_pair(language.reading_item, rng))
-
-    text = {
-        "generic_en": lambda rng: language.generic(rng, "en"),
-        "generic_target": lambda rng: language.generic(rng, target),
-        "parallel": parallel,
-        "reading_en": lambda rng: language.as_text(fresh(language.reading_item, rng, "en")),
-        "reading_target": lambda rng: language.as_text(fresh(language.reading_item, rng, target)),
-        "arithmetic": language.fact,
-        "story_en": lambda rng: language.statement(fresh(language.problem, rng, "en")),
-        "story_target": lambda rng: language.statement(fresh(language.problem, rng, target)),
-        "story_parallel": lambda rng: " = ".join(
-            map(language.statement, fresh_pair(language.problem, rng))
-        ),
-    }
-    kinds = list(settings.mixture)
-    weights = [settings.mixture[k] for k in kinds]
-
-    def base(rng: random.Random) -> tuple[str, str]:
-        return "", text[rng.choices(kinds, weights)[0]](rng)
-
-    def math(rng: random.Random) -> tuple[str, str]:
-        item = fresh(language.problem, rng, "en")
-        question, answer, _ = language.PROMPT["en"]
-        return f"{question} {item.question}", f"{answer} {item.answer}"
-
-    def lang(rng: random.Random) -> tuple[str, str]:
-        if rng.random() < 0.6:
-            return "", language.generic(rng, target)
-        return "", text["reading_target"](rng)
-
-    return base, math, lang
 
 
 #: The settings each stage's result depends on (how many seeds run, the device and the
@@ -270,7 +105,7 @@ def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) 
     if all(_done(paths[n], keys[n]) for n in names):
         return paths
     torch.manual_seed(seed)
-    base_sampler, math_sampler, lang_sampler = _samplers(settings, excluded)
+    base_sampler, math_sampler, lang_sampler = samplers.samplers(settings, excluded)
     base_steps, expert_steps = settings.steps()
     folder.mkdir(parents=True, exist_ok=True)
     for path in paths.values():  # what a killed run left behind

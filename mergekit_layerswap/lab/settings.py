@@ -1,0 +1,49 @@
+"""The lab's settings: everything that decides its numbers (and its resume keys)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+#: Steps per size: (base, each expert).
+STEPS = {"tiny": (500, 200), "small": (1500, 400)}
+
+
+class LabSettings(BaseModel):
+    """Everything that decides the lab's numbers (and its resume keys)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seeds: PositiveInt = 3
+    language: Literal["sw"] = "sw"
+    size: Literal["tiny", "small"] = "tiny"
+    device: Literal["cpu", "cuda"] = "cpu"
+    n_test: PositiveInt = 60  # problems per task
+    test_seed: int = 1000
+    base_steps: PositiveInt | None = None  # default: STEPS[size]
+    expert_steps: PositiveInt | None = None
+    base_lr: float = 3e-3
+    expert_lr: float = 1e-3
+    #: The base's mixture: share of each kind of text (English generic, target generic,
+    #: translation pairs, English reading, target reading, bare arithmetic).
+    mixture: dict[str, float] = Field(
+        default_factory=lambda: {
+            "generic_en": 0.30,
+            "generic_target": 0.08,
+            "parallel": 0.12,
+            "reading_en": 0.15,
+            "reading_target": 0.05,
+            "arithmetic": 0.30,
+            "story_en": 0.0,
+            "story_target": 0.0,
+            "story_parallel": 0.0,
+        }
+    )
+    max_gen_toks: PositiveInt = 48
+    #: Modular experts (Bandarkar & Peng 2025): the math expert trains only the middle layers,
+    #: the language expert only the embeddings, the outer layers, the final norm and the head.
+    modular: bool = False
+
+    def steps(self) -> tuple[int, int]:
+        base, expert = STEPS[self.size]
+        return self.base_steps or base, self.expert_steps or expert
