@@ -202,7 +202,7 @@ def read_config(reference: str) -> dict:
         raise InputError(
             f"{reference}: unreadable config.json ({message}); re-download or re-save the model"
         ) from None
-    if not isinstance(config, dict) or not isinstance(_text_config(config), dict):
+    if not isinstance(config, dict) or not isinstance(text_config(config), dict):
         raise InputError(
             f"{reference}: config.json must hold a JSON object (got {type(config).__name__}); "
             "re-download or re-save the model"
@@ -210,7 +210,7 @@ def read_config(reference: str) -> dict:
     return config
 
 
-def _text_config(config: dict) -> dict:
+def text_config(config: dict) -> dict:
     """Multimodal configs keep the language model's settings under text_config."""
     return config.get("text_config") or config
 
@@ -231,7 +231,7 @@ def model_info(reference: str) -> ModelInfo:
             f"{reference}: architecture {names[0]} is not a single-stack model mergekit "
             "0.1.5 defines; layer_swap supports e.g. Llama, Mistral, Qwen2/3, Gemma 1-3"
         )
-    text = _text_config(config)
+    text = text_config(config)
     num_layers = text.get(arch.num_layers_key.split(".")[-1], config.get(arch.num_layers_key))
     if not isinstance(num_layers, int):
         raise InputError(f"{reference}: config.json has no {arch.num_layers_key}")

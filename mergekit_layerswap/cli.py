@@ -97,6 +97,7 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK ({plan.num_layers} layers)")
     print("\n".join(f"{symbol} = {source}" for source, symbol in symbols.items()))
     print("\n".join(slices.text_map(plan.swap, plan.num_layers, symbols)))
+    print("".join(f"note: {note}\n" for note in plan.notes), end="")
     return 0
 
 

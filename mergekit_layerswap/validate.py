@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mergekit_layerswap import checkpoint, overrides, swap
+from mergekit_layerswap import checkpoint, compat, overrides, swap
 from mergekit_layerswap.errors import InputError, did_you_mean
 
 METHOD = "layer_swap"
@@ -48,6 +48,7 @@ class LayerSwapPlan:
     swap: swap.SwapConfig
     num_layers: int
     architecture: str
+    notes: tuple[str, ...] = ()  # donor config fields that differ but change no layer
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -242,7 +243,7 @@ def check_plan(raw: dict) -> tuple[LayerSwapPlan | None, list[str]]:
         problems += found + typed
         claims.append(claim)
 
-    infos, tensors, found = _read_models(where)
+    infos, tensors, found, notes = _read_models(where)
     problems += found
     if host not in infos or problems:
         return None, problems
@@ -261,16 +262,17 @@ def check_plan(raw: dict) -> tuple[LayerSwapPlan | None, list[str]]:
     problems += _tied_problems(config, num_layers, infos[host])
     if problems:
         return None, problems
-    plan = LayerSwapPlan(host, config, num_layers, infos[host].architecture)
+    plan = LayerSwapPlan(host, config, num_layers, infos[host].architecture, tuple(notes))
     problems = _tensor_problems(plan, tensors, where)
     return (None if problems else plan), problems
 
 
 def _read_models(
     where: dict[str, str],
-) -> tuple[dict[str, checkpoint.ModelInfo], dict, list[str]]:
+) -> tuple[dict[str, checkpoint.ModelInfo], dict, list[str], list[str]]:
     """Every model's config and tensor headers (`where`: reference -> its field, host
-    first); reports unreadable models and any config mismatch with the host."""
+    first); reports unreadable models, any config mismatch with the host (problems, and
+    notes for fields that change no layer), quantised weights and tensors no merge writes."""
     infos, tensors, problems = {}, {}, []
     for ref, field in where.items():
         if ref.startswith("~"):  # mergekit would look it up on the Hub
@@ -282,6 +284,8 @@ def _read_models(
             tensors[ref] = checkpoint.model_tensors(ref)
         except InputError as error:
             problems.append(f"{field}: {error}")
+    found, notes = compat.problems(where, infos, tensors)
+    problems += found
     host = infos.get(next(iter(where)))
     for ref, info in infos.items() if host else ():
         mine, theirs = dict(info.shape), dict(host.shape)
@@ -297,7 +301,7 @@ def _read_models(
             for label, value, hosts in compared
             if value != hosts
         ]
-    return infos, tensors, problems
+    return infos, tensors, problems, notes
 
 
 def _tensor_problems(plan: LayerSwapPlan, tensors: dict, where: dict[str, str]) -> list[str]:
