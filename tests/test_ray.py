@@ -6,6 +6,7 @@ One local Ray cluster (2 CPUs) serves the whole module; runs join it instead of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -186,24 +187,47 @@ def test_a_killed_driver_is_resumed_with_only_what_was_missing(
     assert board(out) == board(local_run)
 
 
+def full_pipe() -> tuple[int, int]:
+    """A pipe (read end, write end) whose buffer is already full: whoever writes to it next
+    waits until the reader reads."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"\n" * 65536)
+    os.set_blocking(write_end, True)
+    return read_end, write_end
+
+
 def test_ctrl_c_cancels_the_run_in_one_line_and_keeps_what_finished(
     ray_address, local_run, aliases, mgsm_hf_dir, tmp_path, capsys
 ):
+    """Ctrl-C while tasks are out. The run's stdout is a full pipe, read only after the
+    signal: the driver's first progress line ("done 1/4 ...") waits there, so the run cannot
+    finish before Ctrl-C, however late this test gets the CPU (polling for the first result,
+    it once signalled a run that had already ended: exit 0)."""
     path = suite_file(tmp_path, aliases, mgsm_hf_dir)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "mergekit_layerswap.cli", "suite", str(path), str(out)]
-    process = subprocess.Popen(
-        [*command, "--executor", "ray", "--address", ray_address],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    read_end, write_end = full_pipe()
+    with (tmp_path / "stderr").open("w") as stderr:
+        process = subprocess.Popen(
+            [*command, "--executor", "ray", "--address", ray_address],
+            stdout=write_end,
+            stderr=stderr,
+        )
+    os.close(write_end)
     deadline = time.time() + 300
     while not list((out / "results").glob("*.json")):
         assert process.poll() is None and time.time() < deadline, "suite ended before Ctrl-C"
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    with open(read_end, "rb") as stdout:
+        reader = threading.Thread(target=stdout.read)
+        reader.start()  # the run goes on: it sees the signal, cancels, prints and ends
+        process.wait(timeout=120)
+        reader.join(timeout=60)
+    err = (tmp_path / "stderr").read_text()
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1] == "mergekit-layerswap suite: interrupted", err
     finished = {p.stem: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
