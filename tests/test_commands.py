@@ -59,17 +59,16 @@ def test_eval_arguments_give_back_every_scoring_setting(values, tmp_path, monkey
 
 
 def test_install_lines_name_packages_that_exist():
-    """Not on a package index yet: no line tells anyone to `pip install mergekit-layerswap`;
-    the hints name what the extras install."""
+    """Not on a package index yet: no command (README's code blocks, the recipes, the
+    package's messages and cards) says `pip install mergekit-layerswap`; the hints name what
+    the extras install."""
     assert f"pip install '{EXTRAS['ray'][0]}'" == executor.INSTALL_HINT
-    files = [
-        ROOT / "README.md",
-        *ROOT.glob("recipes/*.yml"),
-        *ROOT.glob("mergekit_layerswap/**/*.py"),
-    ]
-    for path in files:
-        text = path.read_text()
-        assert not re.search(r"pip install ['\"]?mergekit-layerswap", text), path
+    readme = (ROOT / "README.md").read_text()
+    texts = {"README.md": "".join(re.findall(r"```\w*\n(.*?)```", readme, re.S))}
+    for path in [*ROOT.glob("recipes/*.yml"), *ROOT.glob("mergekit_layerswap/**/*.py")]:
+        texts[str(path)] = path.read_text()
+    for where, text in texts.items():
+        assert not re.search(r"pip install ['\"]?mergekit-layerswap", text), where
 
 
 def test_vllm_hint_installs_what_the_extra_does(aliases, mgsm_hf_dir, tmp_path, capsys):
