@@ -230,6 +230,7 @@ def test_ctrl_c_cancels_the_run_in_one_line_and_keeps_what_finished(
     err = (tmp_path / "stderr").read_text()
     assert process.returncode == 130, err
     assert err.strip().splitlines()[-1] == "mergekit-layerswap suite: interrupted", err
+    assert "constructor arguments in the object store" not in err  # Ray's warning: none due
     finished = {p.stem: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
     assert finished
     code, text = run(capsys, path, out)  # the local executor finishes the Ray run's suite

@@ -213,7 +213,10 @@ class _Graph:
         room = sum(_fits(node["Resources"], shapes["eval"]) for node in nodes)
         sweeper = _Sweeper.options(**shapes["eval"], max_restarts=retries, max_task_retries=retries)
         for _ in range(min(len(self.variants), max(room, 1))):
-            self._next_variant(sweeper.remote(shared))
+            # by value, not `shared`: Ray warns (on the terminal, at every run) that a
+            # restartable actor whose constructor argument sits in the object store may
+            # not restart; the context is small enough to travel inside the call
+            self._next_variant(sweeper.remote(context))
 
     def _next_variant(self, actor: Any) -> None:
         """Give `actor` the next sweep variant, or end it when none is left."""
