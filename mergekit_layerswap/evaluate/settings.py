@@ -183,7 +183,8 @@ class EvalSettings(BaseModel):
         (`mode` for MGSM only), and the batch size where it is not the backend's default
         (padded batches may round a near-tied token differently). The device, the MGSM data
         folder and sample logging are the machine's to choose."""
-        what = {"languages": self.languages} if self.is_mgsm else {"tasks": self.tasks}
+        languages = "all" if self.languages == LANGUAGES else self.languages
+        what = {"languages": languages} if self.is_mgsm else {"tasks": self.tasks}
         if self.include_path is not None:
             what["include_path"] = self.include_path
         scoring = {name: getattr(self, name) for name in _SCORING}
