@@ -4,7 +4,8 @@
 that every named task or group is known and loads (its YAML parses, its data reads). lm-eval's
 task index is built from the include folder and lm-eval's MGSM folder only; lm-eval's other
 ~14k task files are indexed (~6-15 s) only when a name, or a member of a named group, is not
-found there.
+found there. Loading a task whose YAML has a `!function` tag runs that folder's Python code:
+`resolve` says so once, and with `load=False` (a dry run) loads no task at all.
 """
 
 from __future__ import annotations
@@ -70,13 +71,17 @@ def task_manager(settings: EvalSettings, task_set: TaskSet) -> Any:
     return _manager(settings.include_path, task_set.include_digest, task_set.full_index)
 
 
-def _load_units(manager: Any, names: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """name -> its leaf tasks, loading each (YAML, data). KeyError when a name or a group
-    member is not in the index; InputError, naming each, when a task fails to load."""
+def _load_units(manager: Any, names: tuple[str, ...], load: bool) -> dict[str, tuple[str, ...]]:
+    """name -> its leaf tasks, loading each (YAML, data; without `load`, the name itself).
+    KeyError when a name or a group member is not in the index; InputError, naming each, when
+    a task fails to load."""
     units, problems = {}, []
     for name in names:
         if name not in manager.task_index:
             raise KeyError(name)
+        if not load:
+            units[name] = (name,)
+            continue
         try:
             with quiet():
                 units[name] = tuple(manager.load([name])["tasks"])
@@ -89,8 +94,50 @@ def _load_units(manager: Any, names: tuple[str, ...]) -> dict[str, tuple[str, ..
     return units
 
 
-def resolve(settings: EvalSettings) -> TaskSet:
-    """The settings' columns, every one checked scorable; InputError names each problem."""
+def _yaml_files(include: Path) -> list[Path]:
+    """The task YAMLs lm-eval indexes in `include`."""
+    from lm_eval.tasks._index import TaskIndex
+
+    return list(TaskIndex._iter_yaml_files(include))
+
+
+def _unparsed(include: Path) -> list[str]:
+    """A line per task YAML in `include` that lm-eval cannot parse (its index skips such a
+    file without a word, so its tasks look unknown)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    problems = []
+    for path in _yaml_files(include):
+        try:
+            load_yaml(path, resolve_func=False)  # parses; runs no `!function` code
+        except Exception as error:  # YAML syntax, not a mapping, a missing include
+            problems.append(f"include_path: {path} does not parse: {first_line(error)}")
+    return problems
+
+
+def code_note(include: Path, load: bool) -> str | None:
+    """The note that `include`'s task YAMLs name Python functions (`!function`), which
+    loading their tasks runs; None when none does."""
+    tagged = [p.name for p in _yaml_files(include) if b"!function" in p.read_bytes()]
+    if not tagged:
+        return None
+    shown = ", ".join(tagged[:3]) + (", ..." if len(tagged) > 3 else "")
+    when = "a run" if load else "a run (not this dry run)"
+    return (
+        f"note: {include}: {shown} name Python functions (!function): {when} executes that "
+        "folder's Python code; use include paths you trust"
+    )
+
+
+def resolve(
+    settings: EvalSettings, *, outputs: tuple[Path, ...] = (), load: bool = True
+) -> TaskSet:
+    """The settings' columns, every one checked scorable; InputError names each problem.
+
+    `outputs`: the run's own output folders, left out of the include folder's digest. With
+    `load=False` (a dry run) task names are only looked up, never loaded: no data is read
+    and no `!function` code runs; a group is then one column.
+    """
     if settings.is_mgsm:
         check_data_dir(settings.data_dir, settings.languages)
         return mgsm_set(settings)
@@ -99,10 +146,15 @@ def resolve(settings: EvalSettings) -> TaskSet:
         raise InputError(
             f"include path {include} is not a folder: give a folder of lm-eval task YAMLs"
         )
-    digest = fingerprint_dir(include, recursive=True) if include is not None else None
+    digest = None
+    if include is not None:
+        skip = tuple(folder.resolve() for folder in outputs)
+        digest = fingerprint_dir(include, recursive=True, skip=skip)
+        if note := code_note(include, load):
+            print(note, flush=True)
     full = False
     try:
-        units = _load_units(_manager(include, digest, False), settings.tasks)
+        units = _load_units(_manager(include, digest, False), settings.tasks, load)
     except KeyError:
         full = True
         manager = _manager(include, digest, True)
@@ -114,9 +166,9 @@ def resolve(settings: EvalSettings) -> TaskSet:
             if name not in manager.task_index
         ]
         if unknown:
-            raise InputError(unknown) from None
+            raise InputError(unknown + (_unparsed(include) if include else [])) from None
         try:
-            units = _load_units(manager, settings.tasks)
+            units = _load_units(manager, settings.tasks, load)
         except KeyError as error:
             raise InputError(
                 f"tasks: a group names an unknown task or group ({first_line(error)})"

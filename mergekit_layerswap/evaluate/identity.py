@@ -37,16 +37,20 @@ class ModelIdentity:
         return f"{Path(self.location).name}-{self.fingerprint[:10]}"
 
 
-def fingerprint_dir(directory: Path, *, recursive: bool = False) -> str:
+def fingerprint_dir(
+    directory: Path, *, recursive: bool = False, skip: tuple[Path, ...] = ()
+) -> str:
     """sha256 over the directory's top-level files (hidden files and *.md excluded); with
     `recursive`, over every such file below it (named by relative path; hidden folders and
-    `__pycache__` skipped), as for a task folder whose YAMLs and data decide scores."""
+    `__pycache__` skipped), as for a task folder whose YAMLs and data decide scores. Files
+    under a folder of `skip` (absolute: a run's own output folders) are left out."""
     digest = hashlib.sha256()
     paths = directory.rglob("*") if recursive else directory.iterdir()
     for path in sorted(paths):
         parts = path.relative_to(directory).parts
         if (
             not path.is_file()
+            or any(path.absolute().is_relative_to(folder) for folder in skip)
             or any(part.startswith(".") or part == "__pycache__" for part in parts)
             or path.suffix == ".md"
         ):

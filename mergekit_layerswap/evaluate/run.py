@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 
 import mergekit_layerswap
 
-from ..errors import InputError
-from ..files import write_atomic
+from ..errors import InputError, first_line
+from ..files import hold, write_atomic
 from . import columns
 from .columns import TaskSet
 from .identity import ModelIdentity, resolve_model
@@ -42,6 +42,9 @@ from .results import (
 )
 from .settings import EvalSettings
 from .tasks import HUB_DATASET, task_manager, task_name, write_task_group
+
+#: Held in an `--output` folder while an evaluation writes into it (`files.hold`).
+LOCK_FILE = ".layerswap-eval.lock"
 
 
 class LanguageRun(NamedTuple):
@@ -79,11 +82,16 @@ class ResultCache:
         return self.directory / f"{digest[:32]}{suffix}"
 
     def load(self, key: dict[str, Any]) -> LanguageResult | None:
-        """The cached result, or None (the result file is written last, so it means complete)."""
+        """The cached result, or None (the result file is written last, so it means complete).
+        An entry that does not read back (truncated, edited) is named once and scored again."""
         path = self._path(key, ".json")
         if not path.is_file():
             return None
-        return LanguageResult(**json.loads(path.read_text())["result"])
+        try:
+            return LanguageResult(**json.loads(path.read_bytes())["result"])
+        except (ValueError, TypeError, KeyError) as error:  # JSON, UTF-8, fields
+            print(f"note: ignoring unreadable cache entry {path} ({first_line(error)})", flush=True)
+            return None
 
     def store(self, key: dict[str, Any], run: LanguageRun) -> None:
         from lm_eval.utils import handle_non_serializable
@@ -248,8 +256,10 @@ def prepare(
     cache_dir: Path,
     *,
     replace: bool = False,
+    task_set: TaskSet | None = None,
 ) -> Prepared:
-    """Check every input before any model loads; raise one InputError naming every problem."""
+    """Check every input before any model loads; raise one InputError naming every problem.
+    `task_set`: the columns, when the caller resolved them already (a suite)."""
     problems: list[str] = []
 
     def check(function: Callable[..., Any], *args: Any) -> Any:
@@ -269,7 +279,8 @@ def prepare(
         )
     vllm = [] if vllm_missing or settings.backend != "vllm" else ["vllm"]
     versions = mergekit_layerswap.versions("lm_eval", "transformers", "torch", *vllm)
-    task_set = check(columns.resolve, settings)
+    if task_set is None:
+        task_set = check(lambda: columns.resolve(settings, outputs=(output_dir, cache_dir)))
     identities = [check(resolve_model, model) for model in models]
     device = None if settings.backend == "vllm" else check(_resolve_device, settings)
     check(check_writable, output_dir, "output")
@@ -310,6 +321,7 @@ def evaluate_models(
     *,
     cache_dir: str | Path | None = None,
     replace: bool = False,
+    task_set: TaskSet | None = None,
 ) -> EvalResults:
     """Score `models` (local directories or Hub ids) on MGSM or the settings' lm-eval tasks;
     write results into `output_dir`.
@@ -319,14 +331,28 @@ def evaluate_models(
     `results.json` from an earlier run stay there (a model scored again replaces its entry);
     results for other settings are refused, or with `replace` overwritten. Results are cached
     in `cache_dir` (default `output_dir/cache`): a repeated evaluation generates nothing.
-    Raises InputError, before loading any model, for bad input. Returns this run's models.
+    Raises InputError, before loading any model, for bad input; another evaluation writing
+    into `output_dir` at the same time is one (a lock). `task_set`: the columns, if resolved
+    already. Returns this run's models.
     """
     output_dir = Path(output_dir)
     cache = ResultCache(Path(cache_dir) if cache_dir is not None else output_dir / "cache")
-    identities, device, versions, previous, task_set = prepare(
-        models, settings, output_dir, cache.directory, replace=replace
+    prepared = prepare(
+        models, settings, output_dir, cache.directory, replace=replace, task_set=task_set
     )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with hold(output_dir, LOCK_FILE, "eval run", "--output"):
+        # read again under the lock: a run that finished meanwhile keeps its models
+        previous = None if replace else _previous_results(output_dir, settings, prepared.versions)
+        results = _score(prepared, settings, output_dir, cache)
+        write_results(combine(previous, results) if previous else results, output_dir)
+    return results
+
+
+def _score(
+    prepared: Prepared, settings: EvalSettings, output_dir: Path, cache: ResultCache
+) -> EvalResults:
+    """Score every model of `prepared`, from the cache where it can; write samples."""
+    identities, device, versions, _, task_set = prepared
     cache.directory.mkdir(parents=True, exist_ok=True)
     model_results = []
     for index, identity in enumerate(identities, 1):
@@ -363,6 +389,4 @@ def evaluate_models(
                 path = output_dir / "samples" / identity.slug / f"{result.task}.jsonl"
                 cache.copy_samples(keys[column], path)
         model_results.append(ModelResult(identity, found))
-    results = EvalResults(settings, versions, model_results)
-    write_results(combine(previous, results) if previous else results, output_dir)
-    return results
+    return EvalResults(settings, versions, model_results)

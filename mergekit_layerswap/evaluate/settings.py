@@ -101,7 +101,10 @@ class EvalSettings(BaseModel):
         if not isinstance(values, dict):
             return values
         values = dict(values)
-        values["tasks"] = parse_tasks(values.get("tasks") or ())
+        given = values.get("tasks")
+        values["tasks"] = parse_tasks(given or ())
+        if not values["tasks"] and (isinstance(given, str) or given):  # "", ",", [" "]
+            raise ValueError(f"tasks: {given!r} names no task; give lm-eval task or group names")
         if values["tasks"]:
             if values.get("languages"):
                 raise ValueError("give languages (MGSM) or tasks, not both")

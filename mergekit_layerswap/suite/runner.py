@@ -54,14 +54,15 @@ def entry_key(entry: Entry, versions: dict[str, str], fingerprints: dict[str, st
 
 
 def preflight(
-    entries: tuple[Entry, ...], settings: EvalSettings, out: Path
+    entries: tuple[Entry, ...], settings: EvalSettings, out: Path, *, dry_run: bool = False
 ) -> tuple[dict[str, str], TaskSet]:
     """Check everything a run needs before its first merge, every problem at once (a
-    InputError): the MGSM data folder or the tasks, every input model, the output folder.
-    Returns the input models' fingerprints and the evaluation's columns."""
+    InputError): the MGSM data folder or the tasks (a dry run loads none: a task's
+    `!function` would run code), every input model, the output folder. Returns the input
+    models' fingerprints and the evaluation's columns."""
     problems, fingerprints, task_set = [], {}, None
     try:
-        task_set = columns.resolve(settings)
+        task_set = columns.resolve(settings, outputs=(out,), load=not dry_run)
     except InputError as error:
         where = "evaluation.data_dir" if settings.is_mgsm else "evaluation"
         problems += [f"{where}: {problem}" for problem in error.problems]
@@ -168,7 +169,7 @@ def run_suite(
     store = Store(Path(out_dir))
     settings = suite.settings(limit=limit, data_dir=data_dir)
     entries = suite.select(only)
-    fingerprints, task_set = preflight(entries, settings, store.root)
+    fingerprints, task_set = preflight(entries, settings, store.root, dry_run=dry_run)
     for dropped, kept in suite.duplicates.items():
         print(f"{dropped}: the same configuration as {kept}, scored once", flush=True)
     if dry_run:

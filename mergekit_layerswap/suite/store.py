@@ -13,18 +13,15 @@ checked again, symlinks resolved), and one run at a time holds the root (`lock`)
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
-import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergekit_layerswap.errors import InputError, RunError
-from mergekit_layerswap.files import write_atomic
+from mergekit_layerswap.errors import RunError
+from mergekit_layerswap.files import hold, write_atomic
 from mergekit_layerswap.merge import METADATA_FILE
 from mergekit_layerswap.suite.schema import name_problem
 
@@ -44,11 +41,14 @@ def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=float))
 
 
-def read_json(path: Path) -> Any | None:
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`, or None when it is missing or does not read back as one
+    (truncated, not UTF-8, not an object): a step whose record is unreadable is redone."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
+    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)
@@ -74,38 +74,10 @@ class Store:
     def eval_dir(self, name: str) -> Path:
         return self._inside("evals", name)
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the output folder for this run: a second run on it is a InputError naming
-        the first one's pid. The lock dies with its process (no stale lock after a kill)."""
-        import fcntl
-
-        try:
-            if self.root.exists() and not self.root.is_dir():
-                raise InputError([f"{self.root}: exists and is not a folder; choose OUT_DIR"])
-            self.root.mkdir(parents=True, exist_ok=True)
-            handle = (self.root / LOCK_FILE).open("a+")
-        except OSError as error:
-            reason = error.strerror or str(error)
-            raise InputError(
-                [f"{self.root}: cannot write the output folder ({reason}); choose another OUT_DIR"]
-            ) from None
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                handle.seek(0)
-                other = handle.read().strip() or "unknown"
-                raise InputError(
-                    f"{self.root}: another suite run (pid {other}) is using this output "
-                    "folder; wait for it to finish or choose another OUT_DIR"
-                ) from None
-            handle.truncate(0)
-            handle.write(str(os.getpid()))
-            handle.flush()
-            yield
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the output folder for this run (`files.hold`): a second run on it is an
+        InputError naming the first one's pid."""
+        return hold(self.root, LOCK_FILE, "suite run", "OUT_DIR")
 
     def merge_done(self, name: str, key: str) -> bool:
         """The merge with this key finished and its weights are still there."""

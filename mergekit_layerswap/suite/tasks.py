@@ -88,6 +88,7 @@ def eval_step(context: Context, step: Step, sweep: InMemorySweep | None = None) 
         store.eval_dir(entry.name),
         cache_dir=store.root / "cache",
         replace=True,
+        task_set=context.task_set,
     )
     scores = {code: asdict(r) for code, r in results.models[0].languages.items()}
     store.write_result(step.key, step.eval_key, {**record, "languages": scores})
