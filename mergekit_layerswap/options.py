@@ -12,6 +12,8 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from mergekit_layerswap.errors import InputError
+
 if TYPE_CHECKING:
     import click
     from mergekit.options import MergeOptions
@@ -99,8 +101,25 @@ def _converter(option: click.Option) -> Callable[[str], object]:
     return convert
 
 
+#: Options whose values torch or numpy refuse with a traceback: flag -> (name, lowest, highest).
+_RANGES = {
+    "--random-seed": ("random_seed", 0, 2**32 - 1),  # numpy's seed range
+    "-j/--num-threads": ("num_threads", 1, None),
+    "--write-threads": ("write_threads", 1, None),
+}
+
+
 def merge_options(args: argparse.Namespace) -> MergeOptions:
-    """The MergeOptions that `add_merge_options`' flags parsed into `args`."""
+    """The MergeOptions that `add_merge_options`' flags parsed into `args`; InputError, one
+    line per option, for a value out of its range."""
     from mergekit.options import MergeOptions
 
+    problems = []
+    for flag, (name, low, high) in _RANGES.items():
+        value = getattr(args, name)
+        if value is not None and not (low <= value and (high is None or value <= high)):
+            allowed = f"{low}..{high}" if high is not None else f"at least {low}"
+            problems.append(f"{flag}: got {value}; give {allowed}")
+    if problems:
+        raise InputError(problems)
     return MergeOptions(**{name: getattr(args, name) for name in MergeOptions.model_fields})

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import socket
 from types import ModuleType
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from mergekit_layerswap.errors import InputError
 
 #: What the `ray` extra of pyproject.toml installs (`client`: ray://HOST:PORT addresses).
 INSTALL_HINT = "pip install 'ray[client]>=2.9'"
+#: CPUs or GPUs per task: finite (Ray overflows on `.inf`) and not negative.
+Amount = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class ExecutorSettings(BaseModel):
@@ -33,11 +35,12 @@ class ExecutorSettings(BaseModel):
 
     kind: Literal["local", "ray"] = "local"
     address: str | None = None
-    gpus_per_merge: NonNegativeFloat = 0
-    gpus_per_eval: NonNegativeFloat | None = None
-    cpus_per_task: NonNegativeFloat = 1
+    gpus_per_merge: Amount = 0
+    gpus_per_eval: Amount | None = None
+    cpus_per_task: Amount = 1
     max_retries: NonNegativeInt = 3
-    shared_storage_timeout: float = Field(default=60, gt=0)  # seconds per node to answer
+    #: seconds per node to answer (finite: Ray's wait overflows on `.inf`)
+    shared_storage_timeout: float = Field(default=60, gt=0, allow_inf_nan=False)
 
 
 def choose(
@@ -46,8 +49,13 @@ def choose(
     """The suite file's settings with the command line's `--executor`/`--address` applied;
     InputError for an address with the local executor, Ray not installed, or no cluster
     listening at the address."""
-    update = {name: value for name, value in (("kind", kind), ("address", address)) if value}
+    update = {k: v for k, v in (("kind", kind), ("address", address)) if v is not None}
     chosen = settings.model_copy(update=update)
+    if chosen.address is not None and not chosen.address.strip():
+        raise InputError(
+            "executor.address (--address): empty; give auto, HOST:PORT or ray://HOST:PORT "
+            "(or leave it out to start a cluster on this machine)"
+        )
     if chosen.kind == "local" and chosen.address is not None:
         raise InputError(
             "executor.address (--address): joining a Ray cluster needs the ray executor "

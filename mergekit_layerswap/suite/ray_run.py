@@ -30,7 +30,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.errors import InputError, RunError, first_line
 from mergekit_layerswap.suite import tasks
 from mergekit_layerswap.suite.executor import ExecutorSettings
 from mergekit_layerswap.suite.store import Store, read_json, write_json
@@ -196,19 +196,20 @@ class _Graph:
     def __init__(self, context: Context, steps: list[Step], settings: ExecutorSettings):
         nodes = _alive_nodes()
         shapes = _shapes(settings, nodes, steps)
-        retries = settings.max_retries
+        self.retries = retries = settings.max_retries
         shared = ray.put(context)
         self.total = sum(s.merge_needed for s in steps) + sum(s.eval_needed for s in steps)
         self.running: dict[ray.ObjectRef, Any] = {}  # -> the sweeper that runs it, or None
+        self.labels: dict[ray.ObjectRef, str] = {}  # -> "merge NAME", "eval NAME"
         merged = {}
         for step in (s for s in steps if s.merge_needed):
             ref = _merge.options(**shapes["merge"], max_retries=retries).remote(shared, step)
             merged[step.entry.name] = ref
-            self.running[ref] = None
+            self.running[ref], self.labels[ref] = None, f"merge {step.entry.name}"
         evaluate = _evaluate.options(**shapes["eval"], max_retries=retries)
         for step in (s for s in steps if s.eval_needed and not s.entry.in_memory):
             ref = evaluate.remote(shared, step, merged.get(step.entry.name))
-            self.running[ref] = None
+            self.running[ref], self.labels[ref] = None, f"eval {step.entry.name}"
         self.variants = deque(s for s in steps if s.eval_needed and s.entry.in_memory)
         room = sum(_fits(node["Resources"], shapes["eval"]) for node in nodes)
         sweeper = _Sweeper.options(**shapes["eval"], max_restarts=retries, max_task_retries=retries)
@@ -221,7 +222,9 @@ class _Graph:
     def _next_variant(self, actor: Any) -> None:
         """Give `actor` the next sweep variant, or end it when none is left."""
         if self.variants:
-            self.running[actor.score.remote(self.variants.popleft())] = actor
+            step = self.variants.popleft()
+            ref = actor.score.remote(step)
+            self.running[ref], self.labels[ref] = actor, f"eval {step.entry.name}"
         else:
             ray.kill(actor)
 
@@ -235,6 +238,12 @@ class _Graph:
                 report = ray.get(ref)
             except ray.exceptions.RayTaskError as error:
                 raise (error.cause or error) from error
+            except ray.exceptions.RayError as error:  # its worker, actor or node died
+                raise RunError(
+                    f"{self.labels[ref]}: failed on the Ray cluster after {self.retries} "
+                    f"retries (executor.max_retries): {first_line(error)}; finished results "
+                    "are kept, rerun the suite to resume"
+                ) from None
             reports.append(report)
             again = f"; attempt {report['attempt']}" if report["attempt"] > 1 else ""
             print(
