@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from mergekit_layerswap import checkpoint, swap, validate
 from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
-from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.errors import InputError, first_line
 from mergekit_layerswap.evaluate.identity import fingerprint_dir
 from mergekit_layerswap.evaluate.results import EvalResults, LanguageResult, ModelResult
 from mergekit_layerswap.evaluate.settings import eval_command
@@ -242,15 +243,38 @@ def render(
 
 
 def read_config(model_dir: Path) -> tuple[dict, str]:
-    """The mergekit config saved beside a merged model (ValueError if absent or not ours)."""
+    """The mergekit config saved beside a merged model; InputError if it is absent, does not
+    parse or is not a layer_swap config."""
     path = model_dir / CONFIG_FILE
     if not path.is_file():
         raise InputError(f"{model_dir} has no {CONFIG_FILE}: is it a mergekit output folder?")
-    text = path.read_text(encoding="utf-8")
-    raw = yaml.safe_load(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
+    except (UnicodeDecodeError, yaml.YAMLError) as error:
+        raise InputError(f"{path} does not parse as YAML ({first_line(error)})") from None
     if not isinstance(raw, dict) or raw.get("merge_method") != validate.METHOD:
         raise InputError(f"{path} is not a layer_swap config; this card describes layer swaps")
     return raw, text
+
+
+def _swap_problems(raw: dict, num_layers: int) -> list[str]:
+    """Why `raw` (a saved config) cannot be described: malformed models or parameters, or a
+    swap the rule refuses for `num_layers` layers; empty when it can."""
+    models = raw.get("models")
+    if (
+        validate.reference(raw.get("base_model")) is None
+        or not isinstance(models, list)
+        or not all(isinstance(entry, dict) for entry in models)
+    ):
+        return ["expected `base_model: MODEL` and `models:` a list of `- model: MODEL`"]
+    try:
+        config = validate.swap_config(raw)
+    except ValidationError as error:
+        return [f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()]
+    except TypeError as error:  # `parameters: 5`
+        return [f"parameters must be mappings of names to values ({first_line(error)})"]
+    return [problem.message for problem in swap.problems(config, num_layers)]
 
 
 def write_card(model_dir: str | Path, results: EvalResults | None = None) -> Path:
@@ -258,6 +282,10 @@ def write_card(model_dir: str | Path, results: EvalResults | None = None) -> Pat
     model_dir = Path(model_dir)
     raw, text = read_config(model_dir)
     num_layers = checkpoint.model_info(str(model_dir.resolve())).num_layers
+    if problems := _swap_problems(raw, num_layers):
+        raise InputError(
+            f"{model_dir / CONFIG_FILE} is not a valid layer_swap config: {'; '.join(problems)}"
+        )
     card = render(
         raw,
         text,
