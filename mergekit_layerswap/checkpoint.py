@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from mergekit_layerswap import config_files, hf_defaults
 from mergekit_layerswap.errors import InputError, first_line
 
 _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)\.")
@@ -45,6 +46,19 @@ FLOAT_DTYPES = {
     "BF16": ("bfloat16", 2),
     "F16": ("float16", 2),
 }
+#: Bits per element of every safetensors dtype (the float ones from FLOAT_DTYPES).
+DTYPE_BITS = {
+    **{name: 8 * size for name, (_, size) in FLOAT_DTYPES.items()},
+    **dict.fromkeys(("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0"), 8),
+    **dict.fromkeys(("I16", "U16"), 16),
+    **dict.fromkeys(("I32", "U32"), 32),
+    **dict.fromkeys(("I64", "U64", "C64"), 64),
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+}
+#: safetensors refuses larger headers (MAX_HEADER_SIZE).
+_MAX_HEADER = 100_000_000
 #: What a Hugging Face Hub model id looks like: `name` or `namespace/name`.
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
@@ -196,7 +210,7 @@ def read_config(reference: str) -> dict:
     if not config_file.is_file():
         raise InputError(f"{reference}: {config_file.parent} has no config.json")
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config = config_files.read_json(config_file)
     except (OSError, ValueError) as error:  # ValueError: bad JSON or not UTF-8
         message = str(error).splitlines()[0]
         raise InputError(
@@ -235,8 +249,8 @@ def model_info(reference: str) -> ModelInfo:
     num_layers = text.get(arch.num_layers_key.split(".")[-1], config.get(arch.num_layers_key))
     if not isinstance(num_layers, int):
         raise InputError(f"{reference}: config.json has no {arch.num_layers_key}")
-    # transformers ties the head to the embeddings when the key is absent
-    tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
+    setting = [c["tie_word_embeddings"] for c in (config, text) if "tie_word_embeddings" in c]
+    tied = bool(setting[0]) if setting else hf_defaults.tied(config.get("model_type"))
     return ModelInfo(
         architecture=arch.name,
         num_layers=num_layers,
@@ -246,14 +260,15 @@ def model_info(reference: str) -> ModelInfo:
 
 
 def read_header(path: str) -> dict[str, Stored]:
-    """Every tensor of one safetensors file, from its header alone; InputError (one
-    line) if the file is not a complete safetensors file."""
+    """Every tensor of one safetensors file, from its header alone; InputError (one line)
+    unless the file is complete as safetensors requires it: tensors laid end to end from
+    the header on, each as long as its dtype and shape say, the last ending the file."""
     problem = "re-download or re-save the model"
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
-            if length > size - 8:
+            if length > min(size - 8, _MAX_HEADER):
                 raise ValueError(f"its header length {length} runs past the end of the file")
             header = json.loads(handle.read(length))
         base, stored = 8 + length, {}
@@ -264,12 +279,36 @@ def read_header(path: str) -> dict[str, Stored]:
     except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
         reason = first_line(error)
         raise InputError(f"{path}: not a readable safetensors file ({reason}); {problem}") from None
-    end = max((item.end for item in stored.values()), default=0)
-    if end > size:
-        raise InputError(
-            f"{path}: truncated (its tensors end at byte {end}, the file has {size}); {problem}"
-        )
+    reason = _layout_problem(stored, base, size)
+    if reason:
+        raise InputError(f"{path}: {reason}; {problem}")
     return stored
+
+
+def _layout_problem(stored: dict[str, Stored], base: int, size: int) -> str | None:
+    """Why tensors starting at byte `base` of a file of `size` bytes are not laid out as
+    safetensors reads them, or None."""
+    end = base
+    for name, item in sorted(stored.items(), key=lambda pair: (pair[1].start, pair[1].end)):
+        if item.dtype not in DTYPE_BITS:
+            return f"tensor {name} has an unknown dtype {item.dtype!r}"
+        if not all(isinstance(dim, int) and dim >= 0 for dim in item.shape):
+            return f"tensor {name} has shape {list(item.shape)}, not a list of sizes"
+        count = 1
+        for dim in item.shape:
+            count *= dim
+        length = count * DTYPE_BITS[item.dtype] // 8
+        if item.start != end or item.end - item.start != length:
+            return (
+                f"tensor {name} lies at bytes {item.start}-{item.end}, but a {item.dtype} "
+                f"tensor of shape {list(item.shape)} takes {length} bytes from byte {end}"
+            )
+        end = item.end
+    if end > size:
+        return f"truncated (its tensors end at byte {end}, the file has {size})"
+    if end < size:
+        return f"{size - end} bytes follow its last tensor (at byte {end})"
+    return None
 
 
 def model_tensors(reference: str) -> dict[str, Stored] | None:
@@ -282,7 +321,7 @@ def model_tensors(reference: str) -> dict[str, Stored] | None:
     folder = model_folder(reference)
     if (folder / INDEX).is_file():
         try:
-            weight_map = json.loads((folder / INDEX).read_text(encoding="utf-8"))["weight_map"]
+            weight_map = config_files.read_json(folder / INDEX)["weight_map"]
             shards = sorted(set(weight_map.values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise InputError(
@@ -294,10 +333,15 @@ def model_tensors(reference: str) -> dict[str, Stored] | None:
                 f"{reference}: shard {missing[0]} named in {INDEX} is missing "
                 f"({len(missing)} of {len(shards)} missing); re-download the model"
             )
-        found = {}
-        for shard in shards:
-            found.update(read_header(str(folder / shard)))
-        return found
+        headers = {shard: read_header(str(folder / shard)) for shard in shards}
+        wrong = [name for name, shard in weight_map.items() if name not in headers[shard]]
+        if wrong:
+            raise InputError(
+                f"{reference}: {INDEX} puts tensor {wrong[0]} in {weight_map[wrong[0]]}, which "
+                f"does not hold it ({len(wrong)} of {len(weight_map)} entries wrong); "
+                "re-download the model or rebuild its index"
+            )
+        return {name: headers[shard][name] for name, shard in weight_map.items()}
     if (folder / SAFETENSORS).is_file():
         return read_header(str(folder / SAFETENSORS))
     if (folder / PICKLE).is_file() or (folder / f"{PICKLE}.index.json").is_file():

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mergekit_layerswap import checkpoint, compat, overrides, swap
+from mergekit_layerswap import checkpoint, compat, config_files, overrides, swap
 from mergekit_layerswap.errors import InputError, did_you_mean
 
 METHOD = "layer_swap"
@@ -51,35 +51,20 @@ class LayerSwapPlan:
     notes: tuple[str, ...] = ()  # donor config fields that differ but change no layer
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML
-    silently keeps the last one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, Hashable):
-                continue  # PyYAML itself refuses unhashable keys
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice; keep one", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def load(path: str | Path, changes: Sequence[str] = ()) -> dict:
-    """Read a YAML config file into a dict, with `KEY=VALUE` overrides (`changes`) applied
-    (InputError if unreadable, not a mapping, or an override does not apply)."""
+    """Read a YAML config file into a dict (`config_files`: bounded, strict), with
+    `KEY=VALUE` overrides (`changes`) applied (InputError if unreadable, not a mapping, or an
+    override does not apply)."""
     try:
-        raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        raw = config_files.parse_yaml(config_files.read_text(path))
     except OSError as error:
         raise InputError([f"{path}: cannot read it ({error.strerror})"]) from None
     except UnicodeDecodeError as error:
         raise InputError(
             [f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8"]
         ) from None
+    except ValueError as error:  # too large
+        raise InputError([f"{path}: {error}"]) from None
     except yaml.YAMLError as error:
         raise InputError([f"{path}: not valid YAML ({error})".replace("\n", " ")]) from None
     if not isinstance(raw, dict):
