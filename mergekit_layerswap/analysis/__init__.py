@@ -25,7 +25,12 @@ from pathlib import Path
 from mergekit_layerswap.analysis.figures import Analysis, Row, tabulate
 from mergekit_layerswap.analysis.inputs import check_options, load_models, parse_expert, plan
 from mergekit_layerswap.analysis.layout import read_layout
-from mergekit_layerswap.analysis.measure import TOP_FRACTION, bytes_read, stream
+from mergekit_layerswap.analysis.measure import (
+    TOP_FRACTION,
+    bytes_read,
+    check_finite,
+    stream,
+)
 from mergekit_layerswap.analysis.plots import plot_heatmaps, plot_layers
 from mergekit_layerswap.analysis.report import write_report, write_tables
 from mergekit_layerswap.analysis.suggest import (
@@ -35,6 +40,7 @@ from mergekit_layerswap.analysis.suggest import (
     suggestion_yaml,
 )
 from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.files import write_atomic
 
 __all__ = [
     "SUGGESTION_FILE",
@@ -77,6 +83,7 @@ def analyze(
     total = bytes_read(models, items)
     with tqdm(total=total, unit="B", unit_scale=True, disable=not progress) as bar:
         sums = stream(models, items, bar.update)
+    check_finite(models, items, sums)
     analysis = tabulate(base, experts, layout, models, items, sums)
     if host is not None and donor is not None:
         analysis = replace(
@@ -93,8 +100,8 @@ def analyze(
     if s is not None and s.donor_layers:
         by_name = {m.name: m for m in models}
         dtype = analysis.summary[s.host]["dtype"]
-        (out / SUGGESTION_FILE).write_text(
-            suggestion_yaml(s, by_name[s.host], by_name[s.donor], dtype)
+        write_atomic(
+            out / SUGGESTION_FILE, suggestion_yaml(s, by_name[s.host], by_name[s.donor], dtype)
         )
         files.append(out / SUGGESTION_FILE)
     else:  # no stale suggestion from an earlier run

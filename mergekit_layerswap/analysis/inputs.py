@@ -83,7 +83,14 @@ class Model:
 
 def read_model(name: str, reference: str) -> Model:
     """Resolve `reference` (a local folder, or a Hub snapshot of its safetensors and JSON
-    files) and read its safetensors headers, sharded or single-file."""
+    files) and read its safetensors headers, sharded or single-file. A LoRA adapter
+    (`MODEL+ADAPTER`) is refused: its change is not in the model's weights."""
+    if "+" in reference and not Path(reference).expanduser().exists():
+        raise InputError(
+            f"{name}: {reference} adds a LoRA adapter (+{reference.partition('+')[2]}), which "
+            "analyze does not apply; merge it into the model first (e.g. peft's "
+            "merge_and_unload) and give that folder"
+        )
     try:
         folder = model_folder(reference, ("*.safetensors", "*.json"))
         tensors = model_tensors(str(folder))
@@ -99,7 +106,7 @@ def read_model(name: str, reference: str) -> Model:
 
 def load_models(base: str, experts: Sequence[tuple[str, str]]) -> tuple[list[Model], Layout]:
     """Read every model's headers and config (the base first); check they have the same
-    number of layers and that no expert is given twice under two names."""
+    architecture and number of layers and that no expert is given twice under two names."""
     models = [read_model("base", base)]
     seen: dict[Path, str] = {}
     for name, reference in experts:
@@ -111,7 +118,13 @@ def load_models(base: str, experts: Sequence[tuple[str, str]]) -> tuple[list[Mod
         models.append(model)
     layout = read_layout("base", models[0].folder)
     for model in models[1:]:
-        layers = read_layout(model.name, model.folder).num_layers
+        other = read_layout(model.name, model.folder)
+        if other.architecture != layout.architecture:
+            raise InputError(
+                f"expert {model.name!r} is a {other.architecture}, the base a "
+                f"{layout.architecture}; an expert must be a fine-tune of the base"
+            )
+        layers = other.num_layers
         if layers != layout.num_layers:
             raise InputError(
                 f"expert {model.name!r} has {layers} layers, the base has {layout.num_layers}"

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mergekit_layerswap.analysis.inputs import Item, Model
+from mergekit_layerswap.errors import InputError
 
 if TYPE_CHECKING:
     import torch
@@ -206,3 +207,22 @@ def bytes_read(models: Sequence[Model], items: Sequence[Item]) -> int:
         for item in items
         for model, key in zip(models[1:], item.keys[1:], strict=True)
     )
+
+
+def check_finite(models: Sequence[Model], items: Sequence[Item], sums: Sequence[Sums]) -> None:
+    """InputError naming the first tensor of each model that holds NaN or infinite values
+    (its sums are not finite): every figure of it would be meaningless."""
+    bad: dict[str, str] = {}
+    for column, expert in enumerate(sums, start=1):
+        for item, base_square, square in zip(items, expert.base_square, expert.square, strict=True):
+            if not math.isfinite(base_square):
+                bad.setdefault(models[0].name, item.keys[0])
+            elif not math.isfinite(square):
+                bad.setdefault(models[column].name, item.keys[column])
+    if bad:
+        raise InputError(
+            [
+                f"{name}: tensor {key} holds NaN or infinite values; analyze needs finite weights"
+                for name, key in bad.items()
+            ]
+        )

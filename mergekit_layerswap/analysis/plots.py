@@ -3,10 +3,23 @@ layer) and one plot of every expert's per-layer change, with the suggested donor
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mergekit_layerswap.analysis.figures import Analysis, row_label
+from mergekit_layerswap.files import write_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _save(figure: Figure, path: Path) -> None:
+    """The figure as a PNG at `path`, written atomically."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    write_atomic(path, buffer.getvalue())
 
 
 def plot_heatmaps(analysis: Analysis, out: Path) -> list[Path]:
@@ -46,7 +59,7 @@ def plot_heatmaps(analysis: Analysis, out: Path) -> list[Path]:
         ax.set_title(f"{expert}: relative change per tensor (grey: no change)")
         fig.colorbar(image, ax=ax, label="‖ΔW‖_F / ‖W_base‖_F")
         path = out / f"heatmap-{expert}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        _save(fig, path)
         files.append(path)
     return files
 
@@ -76,5 +89,5 @@ def plot_layers(analysis: Analysis, out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     path = out / "layers.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _save(fig, path)
     return path

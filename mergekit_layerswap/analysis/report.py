@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import asdict
@@ -13,6 +14,7 @@ from typing import Any
 from mergekit_layerswap.analysis.figures import Analysis, Row, row_label
 from mergekit_layerswap.analysis.measure import TOP_FRACTION
 from mergekit_layerswap.analysis.suggest import SUGGESTION_FILE
+from mergekit_layerswap.files import write_atomic
 
 
 def _json_safe(value: Any) -> Any:
@@ -28,11 +30,12 @@ def _json_safe(value: Any) -> Any:
 
 def write_tables(analysis: Analysis, out: Path) -> list[Path]:
     """``analysis.json`` and ``analysis.csv``."""
-    with open(out / "analysis.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(Row.__dataclass_fields__)
-        for row in analysis.rows:
-            writer.writerow(["" if v is None else v for v in asdict(row).values()])
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(Row.__dataclass_fields__)
+    for row in analysis.rows:
+        writer.writerow(["" if v is None else v for v in asdict(row).values()])
+    write_atomic(out / "analysis.csv", table.getvalue())
     data = {
         "base": analysis.base,
         "experts": analysis.experts,
@@ -50,7 +53,7 @@ def write_tables(analysis: Analysis, out: Path) -> list[Path]:
         "rows": [asdict(row) for row in analysis.rows],
         "suggestion": asdict(analysis.suggestion) if analysis.suggestion else None,
     }
-    (out / "analysis.json").write_text(json.dumps(_json_safe(data), indent=1) + "\n")
+    write_atomic(out / "analysis.json", json.dumps(_json_safe(data), indent=1) + "\n")
     return [out / "analysis.json", out / "analysis.csv"]
 
 
@@ -104,5 +107,5 @@ def write_report(analysis: Analysis, out: Path) -> Path:
             lines.append(f"`{SUGGESTION_FILE}` runs as is: `mergekit-yaml {SUGGESTION_FILE} OUT`.")
         lines += ["", "Rule: " + s.rule(), "", "```", *s.table(), "```"]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     return path

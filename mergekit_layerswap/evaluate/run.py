@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -105,10 +104,10 @@ class ResultCache:
         write_atomic(self._path(key, ".json"), json.dumps(entry, indent=2).encode())
 
     def copy_samples(self, key: dict[str, Any], destination: Path) -> None:
-        """Write the cached per-sample records, uncompressed, to `destination`."""
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        with gzip.open(self._path(key, ".samples.jsonl.gz")) as src, destination.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
+        """Write the cached per-sample records, uncompressed, to `destination` (atomically)."""
+        write_atomic(
+            destination, gzip.decompress(self._path(key, ".samples.jsonl.gz").read_bytes())
+        )
 
 
 def _number(value: Any) -> float | None:
