@@ -15,6 +15,9 @@ from pathlib import Path
 from mergekit_layerswap import complete
 from mergekit_layerswap.errors import InputError, RunError, first_line
 
+#: Seconds any request of an upload waits to connect or for the next bytes of an answer.
+TIMEOUT = 60.0
+
 
 def check_complete(model_dir: str | Path) -> list[str]:
     """Every reason the folder is not a complete, publishable model (empty if it is)."""
@@ -68,8 +71,12 @@ def push(
     revision: str | None = None,
     dry_run: bool = False,
     endpoint: str | None = None,
+    timeout: float = TIMEOUT,
 ) -> Upload:
-    """Create the repo if needed and upload the folder (or, with dry_run, only list it)."""
+    """Create the repo if needed and upload the folder (or, with dry_run, only list it).
+    Each request waits at most `timeout` seconds (connecting, or for the next bytes of an
+    answer); an endpoint that does not answer, or answers what is not the Hub's JSON (an
+    HTML page), is a RunError."""
     folder = Path(model_dir)
     problems = check_complete(folder)
     found = [f"{folder} is not a complete model: " + "; ".join(problems)] if problems else []
@@ -85,8 +92,11 @@ def push(
         return Upload(repo_id, files)
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HTTPError
+    from huggingface_hub.utils import get_session
 
     api = HfApi(endpoint=endpoint)
+    session = get_session()  # huggingface_hub's shared client waits forever by default
+    unbounded, session.timeout = session.timeout, timeout
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision:
@@ -98,10 +108,14 @@ def push(
             commit_message="Upload layer-swap merge (mergekit-layerswap)",
             ignore_patterns=[".*", "*/.*"],
         )
-    except (OSError, HTTPError) as error:  # no network, offline mode, token, Hub refusals
+    except (OSError, HTTPError, ValueError) as error:  # network, timeouts, token, refusals
         reason = first_line(error)
+        if isinstance(error, ValueError):  # JSONDecodeError: a proxy's or a server's page
+            reason = f"its answer is not the Hub's JSON: {reason}; is HF_ENDPOINT the Hub?"
         raise RunError(
             f"could not upload to {api.endpoint} ({type(error).__name__}: {reason}); "
             "check the network, HF_HUB_OFFLINE and your token (hf auth login)"
         ) from None
+    finally:
+        session.timeout = unbounded
     return Upload(repo_id, files, url=getattr(commit, "commit_url", None) or str(commit))
