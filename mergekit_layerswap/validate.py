@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mergekit_layerswap import checkpoint, compat, config_files, overrides, swap
+from mergekit_layerswap import adapters, checkpoint, compat, config_files, overrides, swap
 from mergekit_layerswap.errors import InputError, did_you_mean
 
 METHOD = "layer_swap"
@@ -257,7 +257,8 @@ def _read_models(
 ) -> tuple[dict[str, checkpoint.ModelInfo], dict, list[str], list[str]]:
     """Every model's config and tensor headers (`where`: reference -> its field, host
     first); reports unreadable models, any config mismatch with the host (problems, and
-    notes for fields that change no layer), quantised weights and tensors no merge writes."""
+    notes for fields that change no layer), quantised weights, tensors no merge writes and
+    LoRA adapters that do not fit their models."""
     infos, tensors, problems = {}, {}, []
     for ref, field in where.items():
         if ref.startswith("~"):  # mergekit would look it up on the Hub
@@ -267,6 +268,7 @@ def _read_models(
         try:
             infos[ref] = checkpoint.model_info(ref)
             tensors[ref] = checkpoint.model_tensors(ref)
+            adapters.check(ref, tensors[ref])
         except InputError as error:
             problems.append(f"{field}: {error}")
     found, notes = compat.problems(where, infos, tensors)
