@@ -3,15 +3,19 @@
 Before any work: the config (for `layer_swap`: every problem, from config.json files only),
 the output path (a new or empty folder, not a symbolic link, not under a file) and the
 options are checked, every problem at once. mergekit writes into a hidden sibling
-`.NAME.partial-PID`, which also holds the merged LoRA donors (`model+adapter`) until the
-merge ends unless `lora_merge_cache` names a folder for them; the folder is renamed into
-place only once it is a complete model (`complete.problems`), with a card that names the
-final folder. Partials of the same output name left by killed merges are removed.
+`.NAME.partial-PID` (inside the output folder, `.partial-PID`, when that exists already: it
+may be a mount point, and nothing is written beside it), which also holds the merged LoRA
+donors (`model+adapter`) until the merge ends unless `lora_merge_cache` names a folder for
+them; the folder is renamed into place (its files moved into the existing folder, the
+suite's completion marker last) only once it is a complete model (`complete.problems`),
+with a card that names the final folder. Partials of the same output left by killed merges
+are removed.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from mergekit_layerswap import complete, validate
+from mergekit_layerswap import checkpoint, complete, validate
 from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
 from mergekit_layerswap.errors import InputError, RunError
 
@@ -37,6 +41,10 @@ METADATA_FILE = "layerswap-merge.json"
 #: Inside the partial folder: mergekit's cache of LoRA donors merged into their base models.
 LORA_CACHE = ".lora-merged"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+#: The partial folder's name inside an existing output folder, before the PID.
+INSIDE = ".partial-"
+#: Bytes of an output name kept in its sibling partial's name (file names hold 255 bytes).
+_NAME_ROOM = 200
 #: MergeOptions a rerun needs to write the same model: the saved config's first line (the
 #: `mergekit-yaml` command) repeats those that differ from mergekit's defaults.
 _REPRODUCED = (
@@ -62,7 +70,8 @@ def check_output(out_path: str | Path) -> Path:
     if out.exists():
         if not out.is_dir():
             raise InputError(f"{out_path} exists and is not a folder; choose another output path")
-        held = sorted(path.name for path in out.iterdir())
+        stale = _stale(out, INSIDE)
+        held = sorted(path.name for path in out.iterdir() if path not in stale)
         if held:
             listed = ", ".join(held[:3]) + (", …" if len(held) > 3 else "")
             raise InputError(f"{out_path} is not empty (holds {listed}); choose a new folder")
@@ -74,10 +83,30 @@ def check_output(out_path: str | Path) -> Path:
     return out
 
 
+def _tokenizer_problems(raw: dict) -> list[str]:
+    """A tokenizer source naming a local folder that is not there (mergekit would try it as
+    a Hub id, and fail, after the whole merge)."""
+    sources = {"tokenizer_source": raw.get("tokenizer_source")}
+    if isinstance(raw.get("tokenizer"), dict):
+        sources["tokenizer.source"] = raw["tokenizer"].get("source")
+    problems = []
+    for where, value in sources.items():
+        if not isinstance(value, str) or value in ("union", "base"):
+            continue
+        path = checkpoint.split_reference(value)[0]
+        if checkpoint.looks_local(path) and not Path(path).expanduser().is_dir():
+            problems.append(
+                f"{where}: {path} is not a folder (a local path is never tried as a Hub id); "
+                "give the folder of a model with a tokenizer, a Hub id, base or union"
+            )
+    return problems
+
+
 def check(raw: dict, out_path: str | Path, options: MergeOptions | None = None) -> Path:
     """The output folder, once config, output path and options are valid (InputError lists
     every problem of all three)."""
     problems = validate.check(raw) if raw.get("merge_method") == validate.METHOD else []
+    problems += _tokenizer_problems(raw)
     try:
         out = check_output(out_path)
     except InputError as error:
@@ -104,16 +133,52 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _prefix(name: str) -> str:
+    """`.NAME.partial-`; a NAME of more than _NAME_ROOM bytes is cut there and given a hash
+    of the whole name, so that the partial's name stays a valid file name."""
+    if len(name.encode()) > _NAME_ROOM:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        name = name.encode()[: _NAME_ROOM - 17].decode(errors="ignore") + "-" + digest
+    return f".{name}.partial-"
+
+
+def partial_path(out: Path) -> Path:
+    """The folder mergekit writes `out` into: inside `out` when it exists (an empty folder,
+    maybe a mount point), else the hidden sibling `.NAME.partial-PID`."""
+    if out.is_dir():
+        return out / f"{INSIDE}{os.getpid()}"
+    return out.parent / f"{_prefix(out.name)}{os.getpid()}"
+
+
+def _stale(folder: Path, prefix: str) -> list[Path]:
+    """The `PREFIX + PID` folders in `folder` whose process is gone."""
+    pattern = re.compile(re.escape(prefix) + r"([0-9]+)")
+    return [
+        path
+        for path in (folder.iterdir() if folder.is_dir() and not folder.is_symlink() else ())
+        if (match := pattern.fullmatch(path.name))
+        and path.is_dir()
+        and not path.is_symlink()
+        and not _alive(int(match[1]))
+    ]
+
+
 def remove_stale_partials(out: Path) -> list[Path]:
-    """Remove `.OUT.partial-PID` folders beside `out` whose process is gone; return them."""
-    pattern = re.compile(re.escape(f".{out.name}.partial-") + r"([0-9]+)")
-    stale = []
-    for path in out.parent.iterdir() if out.parent.is_dir() else ():
-        match = pattern.fullmatch(path.name)
-        if match and path.is_dir() and not path.is_symlink() and not _alive(int(match[1])):
-            shutil.rmtree(path)
-            stale.append(path)
+    """Remove the partial folders of `out` (beside it, or inside it) whose process is gone;
+    return them."""
+    stale = _stale(out.parent, _prefix(out.name)) + _stale(out, INSIDE)
+    for path in stale:
+        shutil.rmtree(path)
     return stale
+
+
+def _move_into(partial: Path, out: Path) -> None:
+    """Move a finished partial inside `out` into place: its files, the completion marker
+    (METADATA_FILE) last, so that a kill meanwhile never leaves a marked, incomplete model."""
+    entries = sorted(partial.iterdir(), key=lambda path: path.name == METADATA_FILE)
+    for path in entries:
+        os.replace(path, out / path.name)
+    partial.rmdir()
 
 
 class _HeldErrors(logging.Filter):
@@ -238,7 +303,7 @@ def run(
     config = MergeConfiguration.model_validate(raw)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    partial = partial_path(out)
     shutil.rmtree(partial, ignore_errors=True)
     options = options or MergeOptions()
     card = options.write_model_card
@@ -255,9 +320,10 @@ def run(
         _finish(partial, out, config, options, source, logged, card)
         if metadata is not None:
             (partial / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
-        if out.exists():
-            out.rmdir()  # the empty folder check_output accepted
-        os.replace(partial, out)
+        if partial.parent == out:
+            _move_into(partial, out)
+        else:
+            os.replace(partial, out)
     except Exception as error:
         if _disk_full(error):
             raise RunError(

@@ -36,6 +36,16 @@ def _fingerprint(reference: str) -> str:
     return f"{found}+{fingerprint_dir(Path(adapter).expanduser()) if local else adapter}"
 
 
+def _inside_model(reference: str, out: Path) -> list[str]:
+    """A problem line if OUT_DIR is the folder of the model or adapter `reference` names: the
+    run would write into it and change its fingerprint (and so redo everything) each time."""
+    return [
+        f"OUT_DIR {out} is the folder of the input model {part}; choose a folder of its own"
+        for part in reference.split("+")
+        if checkpoint.looks_local(part) and Path(part).expanduser().resolve() == out.resolve()
+    ]
+
+
 def _references(entry: Entry) -> list[str]:
     if entry.kind == "input":
         return [entry.model]
@@ -71,6 +81,7 @@ def preflight(
             fingerprints[reference] = _fingerprint(reference)
         except (InputError, OSError) as error:
             problems.append(f"models: {error}")
+        problems += _inside_model(reference, out)
     try:
         check_writable(out, "output")
     except InputError as error:
