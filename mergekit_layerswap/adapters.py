@@ -46,7 +46,10 @@ def check(reference: str, base: dict[str, Stored] | None) -> None:
         if (folder / PICKLE).is_file():
             return  # pickled: shapes unknown before loading
         raise InputError(f"LoRA adapter {adapter}: {folder} has no {WEIGHTS}; {fix}")
-    tensors = checkpoint.read_header(str(folder / WEIGHTS))
+    try:
+        tensors = checkpoint.read_header(str(folder / WEIGHTS))
+    except InputError as error:
+        raise InputError(f"LoRA adapter {adapter}: {error}") from None
     problem = _fit(tensors, base, bool(config.get("fan_in_fan_out"))) if base else None
     problem = problem or (_targets_problem(config.get("target_modules"), base) if base else None)
     if problem:

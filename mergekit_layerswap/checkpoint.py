@@ -323,6 +323,8 @@ def model_tensors(reference: str) -> dict[str, Stored] | None:
         try:
             weight_map = config_files.read_json(folder / INDEX)["weight_map"]
             shards = sorted(set(weight_map.values()))
+            if not all(isinstance(shard, str) for shard in shards):
+                raise TypeError("its weight_map must map tensor names to file names")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise InputError(
                 f"{folder / INDEX}: unreadable index ({error}); re-download or re-save the model"
