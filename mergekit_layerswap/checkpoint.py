@@ -14,7 +14,7 @@ import json
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -59,6 +59,12 @@ DTYPE_BITS = {
 }
 #: safetensors refuses larger headers (MAX_HEADER_SIZE).
 _MAX_HEADER = 100_000_000
+#: Architectures mergekit 0.1.5 defines in Python (mergekit.architecture.moe_defs) on top
+#: of a JSON definition: the JSON's layer count key and outer weights are theirs.
+_BUILT_ON = {"AfmoeForCausalLM": "_AfmoePartialForCausalLM"}
+#: Weights mergekit 0.1.5 lists on the wrong side of the layers: transformers' LFM2 applies
+#: `embedding_norm` after the last layer (it is the final norm), its lfm2.json lists it first.
+_MISPLACED = {"model.embedding_norm.weight": "post"}
 #: What a Hugging Face Hub model id looks like: `name` or `namespace/name`.
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
@@ -68,24 +74,11 @@ class ArchitectureInfo:
     """The parts of a mergekit architecture definition layer swapping needs."""
 
     name: str
+    model_type: str | None
     num_layers_key: str
+    #: the names (and aliases) of the weights before and after the layers
     pre_weights: tuple[str, ...]
     post_weights: tuple[str, ...]
-    tied_head: str | None  # the head weight that may be tied to the embeddings
-    #: every weight as (name or layer template with ${layer_index}, optional, other names)
-    weights: tuple[tuple[str, bool, tuple[str, ...]], ...] = ()
-
-    def tensors(self, num_layers: int) -> list[tuple[str, bool, tuple[str, ...]]]:
-        """The weights of a model with `num_layers` layers, templates expanded."""
-        expanded = []
-        for name, optional, others in self.weights:
-            if "${layer_index}" not in name:
-                expanded.append((name, optional, others))
-                continue
-            for i in range(num_layers):
-                names = [n.replace("${layer_index}", str(i)) for n in (name, *others)]
-                expanded.append((names[0], optional, tuple(names[1:])))
-        return expanded
 
 
 @dataclass(frozen=True)
@@ -111,51 +104,67 @@ class Stored:
 
 
 @lru_cache(maxsize=1)
-def architectures() -> dict[str, ArchitectureInfo]:
-    """mergekit's single-stack architecture definitions, keyed by HF architecture class."""
+def _definitions() -> tuple[ArchitectureInfo, ...]:
+    """Every single-stack architecture definition mergekit ships, once per architecture
+    class it names, in file order."""
     spec = importlib.util.find_spec("mergekit")
     if spec is None or not spec.submodule_search_locations:
         raise InputError("mergekit is not installed: pip install mergekit==0.1.5")
     folder = Path(next(iter(spec.submodule_search_locations))) / "_data" / "architectures"
-    found: dict[str, ArchitectureInfo] = {}
+    found = []
     for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
         if "layer_templates" not in data or "num_layers_config_key" not in data:
             continue  # multi-module definitions (vision towers, MoE partials)
-        post = tuple(w["name"] for w in data.get("post_weights", []))
-        tied = next((w["name"] for w in data.get("post_weights", []) if w.get("tied_names")), None)
-        listed = data.get("pre_weights", []) + data["layer_templates"]["weights"]
-        weights = tuple(
-            (w["name"], bool(w.get("optional")), (*w.get("aliases", ()), *w.get("tied_names", ())))
-            for w in listed + data.get("post_weights", [])
-        )
-        for arch in data["architectures"]:
-            found.setdefault(
-                arch,
-                ArchitectureInfo(
-                    name=arch,
-                    num_layers_key=data["num_layers_config_key"],
-                    pre_weights=tuple(w["name"] for w in data.get("pre_weights", [])),
-                    post_weights=post,
-                    tied_head=tied,
-                    weights=weights,
-                ),
+        found += [
+            ArchitectureInfo(
+                name=arch,
+                model_type=data.get("model_type"),
+                num_layers_key=data["num_layers_config_key"],
+                pre_weights=_names(data.get("pre_weights", [])),
+                post_weights=_names(data.get("post_weights", [])),
             )
-    return found
+            for arch in data["architectures"]
+        ]
+    return tuple(found)
+
+
+def definition(architecture: str, model_type: str | None) -> ArchitectureInfo | None:
+    """mergekit's definition of an HF architecture class; where several files define it
+    (Phi), the one for this `model_type`, as mergekit picks it."""
+    built_on = _BUILT_ON.get(architecture, architecture)
+    found = [arch for arch in _definitions() if arch.name == built_on]
+    chosen = next((arch for arch in found if arch.model_type == model_type), None)
+    chosen = chosen or next(iter(found), None)
+    return None if chosen is None else replace(chosen, name=architecture)
+
+
+def _names(weights: list[dict]) -> tuple[str, ...]:
+    return tuple(n for w in weights for n in (w["name"], *w.get("aliases", ())))
 
 
 @lru_cache(maxsize=1)
-def _pre_weight_names() -> frozenset[str]:
-    return frozenset(name for arch in architectures().values() for name in arch.pre_weights)
+def _outer_places() -> dict[str, str]:
+    """Every name a mergekit definition gives a weight outside the layers -> "pre"/"post"."""
+    places = {}
+    for arch in _definitions():
+        places |= dict.fromkeys(arch.post_weights, "post") | dict.fromkeys(arch.pre_weights, "pre")
+    return places | _MISPLACED
+
+
+def outer_place(name: str) -> str | None:
+    """``"pre"`` or ``"post"`` where some mergekit definition names `name` as a weight before
+    or after the layers (`_MISPLACED` corrected); None where none does."""
+    return _outer_places().get(name)
 
 
 def tensor_position(name: str) -> int | str:
     """Where a tensor sits: its layer index, or ``"pre"`` (embeddings) / ``"post"``
-    (final norm, head) for tensors outside the layer stack."""
+    (final norm, head, and any other name outside the layers) for the rest."""
     match = _LAYER_INDEX.search(name)
     if match:
         return int(match.group(1))
-    return "pre" if name in _pre_weight_names() else "post"
+    return "pre" if outer_place(name) == "pre" else "post"
 
 
 def split_reference(reference: str) -> tuple[str, str | None]:
@@ -239,11 +248,12 @@ def model_info(reference: str) -> ModelInfo:
             f"{reference}: config.json must name exactly one architecture "
             f'(architectures: {names!r}); add e.g. "architectures": ["LlamaForCausalLM"]'
         )
-    arch = architectures().get(names[0])
+    arch = definition(names[0], config.get("model_type"))
     if arch is None:
         raise InputError(
             f"{reference}: architecture {names[0]} is not a single-stack model mergekit "
-            "0.1.5 defines; layer_swap supports e.g. Llama, Mistral, Qwen2/3, Gemma 1-3"
+            "0.1.5 defines; layer_swap swaps the layers of those (README, Architectures "
+            "tested)"
         )
     text = text_config(config)
     num_layers = text.get(arch.num_layers_key.split(".")[-1], config.get(arch.num_layers_key))

@@ -7,7 +7,7 @@ without any error. Fields are compared where both configs set them (an absent fi
 the architecture's default, which only transformers knows); rope settings are compared
 after folding transformers 4's top-level `rope_theta` / `rope_scaling` into transformers
 5's `rope_parameters`. Fields that do not change a layer's output are notes, not problems.
-Integer or quantised weights are refused, and so is any tensor the merge would not write.
+Integer or quantised weights are refused.
 """
 
 from __future__ import annotations
@@ -126,32 +126,17 @@ def weight_problems(config: dict, tensors: dict[str, checkpoint.Stored] | None) 
     ]
 
 
-def unknown_tensors(arch: checkpoint.ArchitectureInfo, num_layers: int, tensors: dict) -> list[str]:
-    """Tensors of the checkpoint that mergekit's architecture definition does not list
-    (under any name or alias): a merge would silently drop them."""
-    known = {n for name, _, others in arch.tensors(num_layers) for n in (name, *others)}
-    return sorted(name for name in tensors if name not in known)
-
-
 def problems(where: dict[str, str], infos: dict, tensors: dict) -> tuple[list[str], list[str]]:
     """(problems, notes) of the readable models (`where`: reference -> its field, host first;
-    `infos` / `tensors`: what `checkpoint` read of each): quantised weights, tensors no merge
-    writes, and donors whose config computes otherwise than the host's."""
+    `infos` / `tensors`: what `checkpoint` read of each): quantised weights and donors whose
+    config computes otherwise than the host's."""
     found, notes = [], []
     host = next(iter(where))
-    for ref, info in infos.items():
-        config, arch = checkpoint.read_config(ref), checkpoint.architectures()[info.architecture]
+    for ref in infos:
+        config = checkpoint.read_config(ref)
         found += [
             f"{where[ref]}: {ref}: {line}" for line in weight_problems(config, tensors.get(ref))
         ]
-        unknown = unknown_tensors(arch, info.num_layers, tensors.get(ref) or {})
-        if unknown:
-            more = f" ({len(unknown) - 1} more such)" if len(unknown) > 1 else ""
-            found.append(
-                f"{where[ref]}: {ref} has tensor {unknown[0]}{more} that mergekit 0.1.5's "
-                f"{arch.name} definition does not list, so no merge would write it (e.g. "
-                "attention or MLP biases); layer_swap cannot merge this model exactly yet"
-            )
         if ref == host or host not in infos:
             continue
         wrong, noted = config_differences(checkpoint.read_config(host), config)

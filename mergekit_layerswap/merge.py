@@ -61,7 +61,8 @@ _REPRODUCED = (
 
 def check_output(out_path: str | Path) -> Path:
     """The absolute output folder; InputError unless it is new or empty, not a symbolic
-    link, and its nearest existing parent is a writable folder."""
+    link, and writable: the folder itself when it exists (it is written inside itself, its
+    parent may be read-only), else its nearest existing parent."""
     out = Path(os.path.abspath(out_path))
     if out.is_symlink():
         raise InputError(
@@ -75,7 +76,7 @@ def check_output(out_path: str | Path) -> Path:
         if held:
             listed = ", ".join(held[:3]) + (", …" if len(held) > 3 else "")
             raise InputError(f"{out_path} is not empty (holds {listed}); choose a new folder")
-    existing = next(p for p in out.parents if p.exists())
+    existing = out if out.exists() else next(p for p in out.parents if p.exists())
     if not existing.is_dir():
         raise InputError(f"{out_path}: {existing} is a file; choose an output path outside it")
     if not os.access(existing, os.W_OK | os.X_OK):

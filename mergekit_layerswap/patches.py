@@ -5,7 +5,8 @@ as mergekit's own modules finish importing:
 - `guard_config` wraps `mergekit.config.MergeConfiguration.model_validate`: a malformed
   layer_swap config is one line per problem (exit 2) instead of pydantic's traceback;
 - `guard_planner` wraps `mergekit.plan.MergePlanner.normalize_config` (check the config before
-  any tensor is read, then compile it into minimal-read slices) and `plan_to_disk` (one
+  any tensor is read, compile it into minimal-read slices, and plan the host checkpoint's
+  own tensors rather than mergekit's template, `checkpoint_arch`) and `plan_to_disk` (one
   streamed write task instead of per-tensor tasks);
 - `guard_card` wraps `mergekit.merge.generate_card` (our model card) and `run_merge` (an
   absolute output path, so the card names the folder);
@@ -27,7 +28,7 @@ from importlib.metadata import version
 
 import yaml
 
-from mergekit_layerswap import checkpoint, validate
+from mergekit_layerswap import checkpoint, layout, validate
 from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.plan import compile_slices
 
@@ -135,6 +136,20 @@ def compile_config(config, plan: validate.LayerSwapPlan) -> dict:
     return references
 
 
+def _host_architecture(arch, plan: validate.LayerSwapPlan, host, config):
+    """The architecture the planner merges: the host's tensors as its checkpoint holds them,
+    names read as mergekit's loader reads them (pickled weights too); a tensor no merge
+    could place is refused (`layout.read`)."""
+    from mergekit.io.tasks import LoaderCache
+
+    from mergekit_layerswap.checkpoint_arch import from_checkpoint
+
+    names = LoaderCache().get(host).index.tensor_paths
+    found, problems = layout.read(names, plan.num_layers)
+    _refuse([f"base_model: {plan.host} {line}" for line in problems])
+    return from_checkpoint(arch, found, config)
+
+
 def guard_config(config_module) -> None:
     """Check layer_swap configs where the stock `mergekit-yaml` parses the loaded YAML
     (`MergeConfiguration.model_validate`), so a malformed shape (`models: [./A, ./B]`, a
@@ -158,7 +173,8 @@ def guard_planner(plan_module) -> None:
     mergekit silently ignores unknown parameter names and checks nothing across donors;
     `MergePlanner.normalize_config` is the first call that sees the whole configuration, so
     the check runs there, before any tensor is read, and a valid `models:` config is then
-    compiled into minimal-read slices. `MergePlanner.plan_to_disk` then swaps mergekit's
+    compiled into minimal-read slices over the host checkpoint's own tensors
+    (`_host_architecture`). `MergePlanner.plan_to_disk` then swaps mergekit's
     per-tensor save tasks for one StreamSwap task where `stream_rows` allows.
     """
 
@@ -169,6 +185,10 @@ def guard_planner(plan_module) -> None:
                 plan, problems = validate.check_plan(_raw_config(self.config))
                 _refuse(problems)
                 self._layerswap = plan, compile_config(self.config, plan)
+                host = self._layerswap[1][plan.host]
+                self.arch_info = _host_architecture(
+                    self.arch_info, plan, host, self.out_model_config
+                )
             return original(self)
 
         return normalize_config

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mergekit_layerswap import adapters, checkpoint, compat, config_files, overrides, swap
+from mergekit_layerswap import adapters, checkpoint, compat, config_files, layout, overrides, swap
 from mergekit_layerswap.errors import InputError, did_you_mean
 
 METHOD = "layer_swap"
@@ -257,7 +257,7 @@ def _read_models(
 ) -> tuple[dict[str, checkpoint.ModelInfo], dict, list[str], list[str]]:
     """Every model's config and tensor headers (`where`: reference -> its field, host
     first); reports unreadable models, any config mismatch with the host (problems, and
-    notes for fields that change no layer), quantised weights, tensors no merge writes and
+    notes for fields that change no layer), quantised weights, tensors no merge can place and
     LoRA adapters that do not fit their models."""
     infos, tensors, problems = {}, {}, []
     for ref, field in where.items():
@@ -271,6 +271,10 @@ def _read_models(
             adapters.check(ref, tensors[ref])
         except InputError as error:
             problems.append(f"{field}: {error}")
+            continue
+        if tensors[ref] is not None:
+            lines = layout.read(tensors[ref], infos[ref].num_layers)[1]
+            problems += [f"{field}: {ref} {line}" for line in lines]
     found, notes = compat.problems(where, infos, tensors)
     problems += found
     host = infos.get(next(iter(where)))
@@ -292,28 +296,35 @@ def _read_models(
 
 
 def _tensor_problems(plan: LayerSwapPlan, tensors: dict, where: dict[str, str]) -> list[str]:
-    """Every tensor the merge takes from a model must exist there, shaped as the host's
-    (the output keeps the host's config.json). One line per model; headers only."""
-    arch = checkpoint.architectures()[plan.architecture]
+    """The output holds every tensor of the host, each taken from the models the swap names
+    for its place (read from the host's checkpoint, `layout`): each must have it, shaped as
+    the host's (the output keeps the host's config.json), and a donor may hold no other
+    tensor where the merge takes from it (it would be dropped). Headers only."""
+    if tensors.get(plan.host) is None:
+        return []  # pickled weights: names and shapes unknown before loading
+    places = {
+        ref: dict(layout.read(found, plan.num_layers)[0].places())
+        for ref, found in tensors.items()
+        if found is not None
+    }
     missing: dict[str, list[str]] = {}
     differ: dict[str, list[str]] = {}
-    for name, optional, others in arch.tensors(plan.num_layers):
-        position = checkpoint.tensor_position(name)
-        found = {
-            ref: _lookup(tensors[ref], name, others)
-            for ref in swap.tensor_weights(position, plan.num_layers, plan.swap)
-            if tensors[ref] is not None  # pickled weights: shapes unknown before loading
-        }
-        host = _lookup(tensors[plan.host], name, others)
-        for ref, item in found.items():
-            if item is None and not optional:
-                missing.setdefault(ref, []).append(name)
-            elif item is not None and host is not None and item.shape != host.shape:
-                shapes = f"{list(item.shape)} where the host's is {list(host.shape)}"
-                differ.setdefault(ref, []).append(f"{name} has shape {shapes}")
+    extra: dict[str, list[str]] = {}
+    for place, names in places[plan.host].items():
+        for ref in swap.tensor_weights(place, plan.num_layers, plan.swap):
+            if ref not in places:
+                continue
+            extra.setdefault(ref, []).extend(sorted(set(places[ref][place]) - set(names)))
+            for name in names:
+                item, host = tensors[ref].get(name), tensors[plan.host][name]
+                if item is None:
+                    missing.setdefault(ref, []).append(name)
+                elif item.shape != host.shape:
+                    shapes = f"{list(item.shape)} where the host's is {list(host.shape)}"
+                    differ.setdefault(ref, []).append(f"{name} has shape {shapes}")
     problems = [
-        f"{where[ref]}: {ref} has no tensor {names[0]}{_more(names, 'missing')}; the merge "
-        "takes it from this model: re-download or re-save the model"
+        f"{where[ref]}: {ref} has no tensor {names[0]}{_more(names, 'missing')}, which the "
+        "host has and the merge takes from this model: re-download or re-save the model"
         for ref, names in missing.items()
     ]
     problems += [
@@ -321,12 +332,14 @@ def _tensor_problems(plan: LayerSwapPlan, tensors: dict, where: dict[str, str]) 
         "fine-tunes of one base model (same tensor shapes)"
         for ref, lines in differ.items()
     ]
+    problems += [
+        f"{where[ref]}: {ref} has tensor {names[0]}{_more(names, 'such')}, which the host "
+        "does not have: the output keeps the host's tensors and config.json, so it would be "
+        "dropped; layer_swap needs fine-tunes of one base model (same tensors)"
+        for ref, names in extra.items()
+        if names
+    ]
     return problems
-
-
-def _lookup(tensors: dict | None, name: str, others: tuple[str, ...]):
-    """A tensor under its name or one of its aliases / tied names (None if absent)."""
-    return next((tensors[n] for n in (name, *others) if n in tensors), None) if tensors else None
 
 
 def _more(items: list[str], verb: str) -> str:

@@ -1,13 +1,12 @@
-"""Donors that would give a silently wrong model: tensors no merge writes (biases mergekit's
-template does not list), configs that compute otherwise than the host's, integer or
-quantised weights. Each is one line naming the field, exit 2, before anything is written."""
+"""Donors that would give a silently wrong model: tensors no merge would write (a donor's
+tensors the host lacks, tensors no merge can place), configs that compute otherwise than
+the host's, integer or quantised weights. Each is one line naming the field, exit 2,
+before anything is written."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,7 +35,7 @@ def _validate(tmp_path: Path, host: Path, donor: Path, capsys) -> tuple[int, str
     return code, out, err
 
 
-def _llama_with_biases(out: Path, seed: int) -> Path:
+def _llama(out: Path, seed: int, **settings) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -46,32 +45,37 @@ def _llama_with_biases(out: Path, seed: int) -> Path:
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,
-        attention_bias=True,
-        mlp_bias=True,
         architectures=["LlamaForCausalLM"],
+        **settings,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)
     return out
 
 
-def test_biases_mergekit_does_not_list_are_refused_not_dropped(tmp_path, capsys):
-    """mergekit 0.1.5's Llama template has no bias tensors: every merge would drop them."""
-    host = _llama_with_biases(tmp_path / "host", 0)
-    donor = _llama_with_biases(tmp_path / "donor", 1)
+def test_a_donor_tensor_the_host_lacks_is_refused_not_dropped(tmp_path, capsys):
+    """Biases are carried (tests/test_architectures.py); a donor holding tensors the host
+    lacks (biases its config is silent about) would lose them in the host's layout."""
+    host = _llama(tmp_path / "host", 0)
+    biased = _llama(tmp_path / "biased", 1, attention_bias=True, mlp_bias=True)
+    donor = _edited(biased, tmp_path / "donor", attention_bias=None, mlp_bias=None)
     code, _, err = _validate(tmp_path, host, donor, capsys)
     assert code == 2
-    assert "has tensor model.layers.0.mlp.down_proj.bias" in err
-    assert "definition does not list, so no merge would write it" in err
+    assert "has tensor model.layers.0.mlp.down_proj.bias (13 more such), which the host" in err
     assert "re-download" not in err  # the files are fine: the message does not blame them
-    config = tmp_path / "swap.yml"  # the stock CLI stops too, writing nothing
-    done = subprocess.run(
-        [sys.executable, "-m", "mergekit.scripts.run_yaml", str(config), str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode != 0 and "no merge would write it" in done.stderr
-    assert not (tmp_path / "o").exists()
+
+
+def test_tensors_no_merge_can_place_are_refused(tmp_path, capsys):
+    """A layer past the config's count, or a tensor outside the layers that no mergekit
+    definition places: one line each, nothing dropped silently."""
+    host = _edited(_llama(tmp_path / "plain", 0), tmp_path / "host")
+    weights = load_file(host / "model.safetensors")
+    extra = {"model.layers.7.mlp.down_proj.weight": torch.ones(2), "model.mystery": torch.ones(2)}
+    save_file(weights | extra, host / "model.safetensors", metadata={"format": "pt"})
+    code, _, err = _validate(tmp_path, host, _llama(tmp_path / "donor", 1), capsys)
+    assert code == 2
+    assert "has tensor model.layers.7.mlp.down_proj.weight in a layer past the 4 layers" in err
+    assert "has tensor model.mystery outside the layers that no mergekit 0.1.5" in err
 
 
 @pytest.mark.parametrize(
