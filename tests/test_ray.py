@@ -273,3 +273,34 @@ def test_bad_executor_settings_are_refused(
     code, text = run(capsys, path, tmp_path / "out4", "--executor", "ray")
     assert code == 2 and "pip install 'ray[client]>=2.9'" in text, text
     assert not (tmp_path / "out4").exists()
+
+
+def test_a_killed_worker_without_retries_is_one_line(
+    ray_address, aliases, mgsm_hf_dir, tmp_path, capsys
+):
+    """With `max_retries: 0`, a killed worker gave a full WorkerCrashedError traceback."""
+    executor = {"kind": "ray", "max_retries": 0}
+    path = suite_file(tmp_path, aliases, mgsm_hf_dir, executor=executor)
+    out = tmp_path / "out"
+    codes: list[int] = []
+    driver = threading.Thread(target=lambda: codes.append(cli.main(["suite", str(path), str(out)])))
+    driver.start()
+    killed = None
+    deadline = time.time() + 300
+    while killed is None and driver.is_alive() and time.time() < deadline:
+        for running in (out / ray_run.TASKS_DIR).glob("*.json"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # just ended
+                record = json.loads(running.read_text())
+                os.kill(record["pid"], signal.SIGKILL)  # the worker process, mid-task
+                killed = running.stem
+                break
+        time.sleep(0.02)
+    driver.join(timeout=600)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert killed is not None, "no task was caught running"
+    kind, name = killed.split("-", 1)
+    assert codes == [1], err
+    assert err[-1].startswith(
+        f"mergekit-layerswap suite: error: {kind} {name}: failed on the Ray cluster after 0 "
+        "retries (executor.max_retries): "
+    )
