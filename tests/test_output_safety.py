@@ -170,7 +170,7 @@ def long_named(swap_config, tmp_path_factory) -> Path:
 
 def test_output_names_of_up_to_255_bytes(long_named):
     """Output names of 245-255 characters failed: the hidden partial's name was too long."""
-    assert len(long_named.name) == 255 and (long_named / "model.safetensors").is_file()
+    assert len(long_named.name) == 255 and list(long_named.glob("*.safetensors"))
     assert [p.name for p in long_named.parent.iterdir()] == [long_named.name]
 
 
@@ -236,3 +236,23 @@ def test_push_to_an_endpoint_that_answers_html(long_named, online, html_endpoint
     """`push` gave a JSONDecodeError traceback on an HTML reply."""
     with pytest.raises(RunError, match="its answer is not the Hub's JSON"):
         hub.push(long_named, "me/swap", endpoint=html_endpoint)
+
+
+def test_a_suite_cache_linked_out_of_out_dir_is_refused(aliases, mgsm_hf_dir, tmp_path, capsys):
+    """Nothing the suite writes follows a symlink out of OUT_DIR: its evaluation cache."""
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "cache").symlink_to(elsewhere)
+    suite = {
+        "models": aliases,
+        "evaluate_inputs": ["math"],
+        "evaluation": {"languages": ["sw"], "limit": 1, "data_dir": str(mgsm_hf_dir)},
+    }
+    path = tmp_path / "suite.yml"
+    path.write_text(yaml.safe_dump(suite))
+    assert cli.main(["suite", str(path), str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    refused = f"{out / 'cache'} resolves outside {out}; refusing to touch it"
+    assert err == f"mergekit-layerswap suite: error: {refused}"
+    assert not list(elsewhere.iterdir())

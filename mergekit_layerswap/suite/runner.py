@@ -187,6 +187,7 @@ def run_suite(
         print("\n".join(describe(plan(store, settings, task_set, entries, fingerprints, force))))
         return []
     with store.lock():
+        store.cache_dir()  # RunError, before any work, if it is a link out of OUT_DIR
         steps = plan(store, settings, task_set, entries, fingerprints, force)
         pushed = frozenset(suite.push.merges if suite.push else ())
         context = Context(store, settings, task_set, cuda, suite.keep_weights, pushed)

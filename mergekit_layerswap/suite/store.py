@@ -74,6 +74,10 @@ class Store:
     def eval_dir(self, name: str) -> Path:
         return self._inside("evals", name)
 
+    def cache_dir(self) -> Path:
+        """ROOT/cache, the evaluations' cache (not a link out of ROOT)."""
+        return self._inside(".", "cache")
+
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """Hold the output folder for this run (`files.hold`): a second run on it is an
         InputError naming the first one's pid."""

@@ -86,7 +86,7 @@ def eval_step(context: Context, step: Step, sweep: InMemorySweep | None = None) 
         [_model_path(entry, store)],
         context.settings,
         store.eval_dir(entry.name),
-        cache_dir=store.root / "cache",
+        cache_dir=store.cache_dir(),
         replace=True,
         task_set=context.task_set,
     )
