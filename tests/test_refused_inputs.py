@@ -14,6 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from mergekit_layerswap import cli
 from mergekit_layerswap.complete import CONFIG_FILE
+from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.suite.schema import parse_suite
 
 
 def one_line(capsys, command: str) -> str:
@@ -30,6 +32,16 @@ def test_eval_tasks_naming_no_task_is_refused_not_mgsm(spec, tmp_path, capsys):
     assert cli.main(["eval", str(tmp_path), "--tasks", spec, "--output", str(out)]) == 2
     assert "names no task" in one_line(capsys, "eval")
     assert not out.exists()
+
+
+def test_suite_tasks_naming_no_task_is_refused_not_mgsm(aliases):
+    """A suite's `evaluation: {tasks: []}` silently scored MGSM instead."""
+    raw = {"models": aliases, "evaluate_inputs": ["math"], "evaluation": {"tasks": []}}
+    with pytest.raises(InputError) as error:
+        parse_suite(raw)
+    assert error.value.problems == [
+        "evaluation: tasks: [] names no task; give lm-eval task or group names"
+    ]
 
 
 @pytest.mark.parametrize(

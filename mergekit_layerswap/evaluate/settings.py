@@ -103,7 +103,7 @@ class EvalSettings(BaseModel):
         values = dict(values)
         given = values.get("tasks")
         values["tasks"] = parse_tasks(given or ())
-        if not values["tasks"] and (isinstance(given, str) or given):  # "", ",", [" "]
+        if not values["tasks"] and given is not None:  # "", ",", [], [" "]
             raise ValueError(f"tasks: {given!r} names no task; give lm-eval task or group names")
         if values["tasks"]:
             if values.get("languages"):
@@ -164,7 +164,8 @@ class EvalSettings(BaseModel):
 
     def replace(self, **changes: Any) -> EvalSettings:
         """A validated copy with `changes` applied."""
-        return EvalSettings.checked(**{**self.model_dump(), **changes})
+        data = self.model_dump(exclude={"tasks"} if self.is_mgsm else set())
+        return EvalSettings.checked(**{**data, **changes})
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON (`tasks` and `include_path` only when tasks are named)."""
