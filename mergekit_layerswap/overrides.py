@@ -66,10 +66,12 @@ def _set(raw: dict, override: str) -> str | None:
         elif isinstance(container, dict):
             if part not in container and not last:
                 known = ", ".join(str(k) for k in container) or "none"
+                problem = f"{where} has no key {part!r} (keys: {known})"
                 dotted = [k for k in container if str(k).startswith(f"{part}.")]
-                path = "" if depth == 0 else f"{where}."
-                quote = f'; a key holding a dot goes in double quotes: {path}"{dotted[0]}"'
-                return f"{where} has no key {part!r} (keys: {known}){quote if dotted else ''}"
+                if dotted:
+                    path = "" if depth == 0 else f"{where}."
+                    problem += f'; a key holding a dot goes in double quotes: {path}"{dotted[0]}"'
+                return problem
             index = part
         else:
             return f"{where} is a single value ({container!r}), not a mapping or a list"
