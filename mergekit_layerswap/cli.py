@@ -205,7 +205,9 @@ def _add_lab(sub: Subparsers) -> None:
     lab.add_argument("--language", default="sw", choices=["sw"], help="target language")
     lab.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     lab.add_argument("--size", default="tiny", choices=["tiny", "small"], help="default tiny")
-    demo = sub.add_parser("demo", help="the lab's smallest form: one seed, tiny (about 4 min)")
+    demo = sub.add_parser(
+        "demo", help="the lab's smallest form: one seed, tiny (about 6.5 min on 2 cores)"
+    )
     demo.add_argument("out", metavar="OUT_DIR", help="models, suite and lab.md go here")
     demo.set_defaults(seeds=1, language="sw", device="cpu", size="tiny")
     for parser in (lab, demo):

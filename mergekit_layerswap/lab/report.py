@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mergekit_layerswap.evaluate.settings import DEFAULT_HF_BATCH_SIZE
+from mergekit_layerswap.evaluate.settings import DEFAULT_HF_BATCH_SIZE, EvalSettings, eval_command
 from mergekit_layerswap.files import write_atomic
 from mergekit_layerswap.lab import language, tasks
 from mergekit_layerswap.suite.leaderboard import Bar, picture, png
@@ -178,13 +178,15 @@ def commands(data: dict, out: Path) -> list[str]:
         }
         device = ["--device", settings["device"]]
         rescored = str(out / "rescored" / f"seed-{seed}")
-        eval_line = ["mergekit-layerswap", "eval", *models.values(), "--tasks", columns]
-        eval_line += ["--include-path", folder, "--max-gen-toks", tokens, *device]
         lm_eval = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={models[SWAP]}"]
         lm_eval += ["--include_path", folder, "--tasks", columns]
         lm_eval += ["--gen_kwargs", f"max_gen_toks={tokens}"]
         lm_eval += ["--batch_size", str(DEFAULT_HF_BATCH_SIZE), *device]
-        lines += [shlex.join([*eval_line, "--output", rescored]), shlex.join(lm_eval)]
+        scoring = EvalSettings(
+            tasks=columns, include_path=folder, max_gen_toks=tokens, device=settings["device"]
+        )
+        ours = f"{eval_command(list(models.values()), scoring, rescored)} {shlex.join(device)}"
+        lines += [ours, shlex.join(lm_eval)]
     return lines
 
 
