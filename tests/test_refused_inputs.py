@@ -63,6 +63,7 @@ def test_merge_seed_and_thread_counts_out_of_range(flags, message, tmp_path, cap
 def test_merge_tokenizer_source_folder_that_is_not_there(make_model, tmp_path, capsys):
     """`tokenizer_source: /nonexistent/tok` was tried as a Hub id after the whole merge."""
     host, donor = make_model("llama", 4, seed=1), make_model("llama", 4, seed=2)
+    capsys.readouterr()  # the models' build output
     raw = {**layer_swap(host, {donor: {"bottom": 1}}), "tokenizer_source": "/nonexistent/tok"}
     config = tmp_path / "swap.yml"
     config.write_text(yaml.safe_dump(raw))
@@ -94,6 +95,7 @@ def card_folder(make_model, tmp_path) -> Path:
 )
 def test_card_on_a_corrupt_saved_config(card_folder, edit, message, capsys):
     """`card` on a folder whose mergekit_config.yml is corrupt gave a traceback."""
+    capsys.readouterr()  # the models' build output
     path = card_folder / CONFIG_FILE
     changed = edit(path.read_text())
     path.write_bytes(changed if isinstance(changed, bytes) else changed.encode())
@@ -103,6 +105,7 @@ def test_card_on_a_corrupt_saved_config(card_folder, edit, message, capsys):
 
 
 def _analyze(capsys, base: Path, *experts: str, out: Path) -> tuple[int, str]:
+    capsys.readouterr()  # the models' build output
     argv = ["analyze", "--base", str(base), "--output", str(out), "--quiet"]
     for spec in experts:
         argv += ["--expert", spec]
@@ -162,6 +165,7 @@ def test_suite_out_dir_that_is_an_input_models_folder(aliases, mgsm_hf_dir, tmp_
     """A suite OUT_DIR that is an input model's own folder was accepted (and filled it)."""
     model = Path(aliases["math"])
     before = sorted(p.name for p in model.iterdir())
+    capsys.readouterr()  # the models' build output
     path = _suite(tmp_path, aliases, mgsm_hf_dir)
     assert cli.main(["suite", str(path), str(model)]) == 2
     assert f"OUT_DIR {model} is the folder of the input model {model}" in one_line(capsys, "suite")
@@ -185,6 +189,7 @@ def test_ray_settings_refused_before_a_cluster_starts(
     import ray
 
     path = _suite(tmp_path, aliases, mgsm_hf_dir, executor=executor)
+    capsys.readouterr()  # the models' build output
     assert cli.main(["suite", str(path), str(tmp_path / "out"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not ray.is_initialized() and not (tmp_path / "out").exists()
