@@ -50,8 +50,10 @@ def check(reference: str, base: dict[str, Stored] | None) -> None:
         tensors = checkpoint.read_header(str(folder / WEIGHTS))
     except InputError as error:
         raise InputError(f"LoRA adapter {adapter}: {error}") from None
-    problem = _fit(tensors, base, bool(config.get("fan_in_fan_out"))) if base else None
-    problem = problem or (_targets_problem(config.get("target_modules"), base) if base else None)
+    if not base:
+        return
+    transposed = bool(config.get("fan_in_fan_out"))
+    problem = _fit(tensors, base, transposed) or _targets(config.get("target_modules"), base)
     if problem:
         raise InputError(
             f"LoRA adapter {adapter}: {problem}; use an adapter trained on this model "
@@ -85,7 +87,7 @@ def _fit(tensors: dict[str, Stored], base: dict[str, Stored], transposed: bool) 
     return None
 
 
-def _targets_problem(targets: object, base: dict[str, Stored]) -> str | None:
+def _targets(targets: object, base: dict[str, Stored]) -> str | None:
     """Why a list of target_modules matches no module of the model (peft refuses it), or
     None (a regular expression is left to peft)."""
     if not isinstance(targets, list) or not targets:

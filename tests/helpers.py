@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file
+
+from mergekit_layerswap import cli
 
 
 def layer_swap(host: Path | str, donors: dict, **parameters) -> dict:
@@ -40,3 +43,29 @@ def suite_swap(name: str = "swap", **parameters) -> dict:
         "models": [{"model": "math"}, {"model": "swahili", "parameters": {"bottom": 2}}],
         **({"parameters": parameters} if parameters else {}),
     }
+
+
+def make_adapter(model: Path, out: Path) -> Path:
+    """A real peft LoRA adapter (non-zero B, so it changes the weights) saved to `out`."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model)
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    get_peft_model(base, lora).save_pretrained(out)
+    return out
+
+
+def refused(tmp_path: Path, raw: dict, capsys) -> str:
+    """Run `merge` on `raw`; assert exit 2 and no output; return what it printed."""
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    code = cli.main(["merge", str(path), str(out)])
+    text = capsys.readouterr().err
+    assert code == 2, text
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    return text

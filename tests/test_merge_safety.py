@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import layer_swap, tensors
+from helpers import layer_swap, make_adapter, tensors
 from huggingface_hub import ModelCard
 
 from mergekit_layerswap import cli
@@ -180,20 +180,6 @@ def test_stale_partials_of_dead_merges_are_removed(swap_config, tmp_path, capsys
     finally:
         running.kill()
         running.wait()
-
-
-def make_adapter(model: Path, out: Path) -> Path:
-    """A real peft LoRA adapter (non-zero B, so it changes the weights) saved to `out`."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(model)
-    lora = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-    )
-    get_peft_model(base, lora).save_pretrained(out)
-    return out
 
 
 @pytest.mark.parametrize("transition", [0, 1])

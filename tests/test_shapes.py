@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import layer_swap
+from helpers import layer_swap, refused
 from safetensors.torch import load_file, save_file
 
-from mergekit_layerswap import cli, validate
+from mergekit_layerswap import validate
 
 
 def _grow(axis: int, by: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -82,18 +82,6 @@ def host(make_model) -> Path:
 @pytest.fixture(scope="module")
 def donor(make_model) -> Path:
     return make_model("llama", 8, seed=2)
-
-
-def refused(tmp_path: Path, raw: dict, capsys) -> str:
-    """Run `merge` on `raw`; assert exit 2 and no output; return what it printed."""
-    path = tmp_path / "config.yml"
-    path.write_text(yaml.safe_dump(raw))
-    out = tmp_path / "out"
-    code = cli.main(["merge", str(path), str(out)])
-    text = capsys.readouterr().err
-    assert code == 2, text
-    assert not out.exists() and not list(tmp_path.glob(".out.*"))
-    return text
 
 
 @pytest.mark.parametrize(
