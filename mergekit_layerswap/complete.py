@@ -5,6 +5,8 @@ incomplete is uploaded): `config.json` is there, every top-level JSON file parse
 safetensors index names shards that exist and hold the tensors it lists, every weight
 file's header parses and its data is all there, and, when a tokenizer is expected,
 `tokenizer.json` or `tokenizer.model` and `tokenizer_config.json` are there and parse.
+`nonfinite` names the floating-point tensors that hold NaN or infinite values (`merge`
+publishes none), read in chunks with numpy.
 """
 
 from __future__ import annotations
@@ -12,10 +14,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mergekit_layerswap.checkpoint import INDEX, read_header
+from mergekit_layerswap.checkpoint import INDEX, Stored, read_header
 from mergekit_layerswap.errors import InputError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+#: Each safetensors float dtype as unsigned integers, and its exponent bits: a value whose
+#: exponent bits are all set is NaN or infinite.
+_EXPONENT = {
+    "F64": ("<u8", 0x7FF0000000000000),
+    "F32": ("<u4", 0x7F800000),
+    "BF16": ("<u2", 0x7F80),
+    "F16": ("<u2", 0x7C00),
+}
+_CHUNK = 1 << 24  # bytes read at a time: a multiple of every item size
 #: The mergekit config and the model card a merged folder holds beside the weights.
 CONFIG_FILE = "mergekit_config.yml"
 CARD_FILE = "README.md"
@@ -98,3 +109,29 @@ def problems(model_dir: str | Path, *, tokenizer: bool = True) -> list[str]:
     found = [] if (folder / "config.json").is_file() else ["config.json is missing"]
     found += _json_problems(folder) + _weight_problems(folder)
     return found + (_tokenizer_problems(folder) if tokenizer else [])
+
+
+def _finite(handle, item: Stored) -> bool:
+    """Whether a stored float tensor holds no NaN and no infinity (read chunk by chunk)."""
+    import numpy as np
+
+    kind, mask = _EXPONENT[item.dtype]
+    handle.seek(item.start)
+    for start in range(item.start, item.end, _CHUNK):
+        bits = np.frombuffer(handle.read(min(_CHUNK, item.end - start)), dtype=kind)
+        if np.any((bits & mask) == mask):
+            return False
+    return True
+
+
+def nonfinite(model_dir: str | Path) -> list[str]:
+    """The floating-point tensors of a complete folder's safetensors files that hold NaN or
+    infinite values, by name (empty if none)."""
+    found = []
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        stored = sorted(read_header(str(path)).items(), key=lambda pair: pair[1].start)
+        with open(path, "rb") as handle:
+            found += [
+                n for n, item in stored if item.dtype in _EXPONENT and not _finite(handle, item)
+            ]
+    return found

@@ -1,15 +1,16 @@
 """Run a mergekit config into a folder, all or nothing.
 
-Before any work: the config (for `layer_swap`: every problem, from config.json files only),
-the output path (a new or empty folder, not a symbolic link, not under a file) and the
-options are checked, every problem at once. mergekit writes into a hidden sibling
+Before any work: the config (for `layer_swap`: every problem, from config.json files only;
+for any method: what mergekit's own schema refuses), the output path (a new or empty
+folder, not a symbolic link, not under a file) and the options are checked, every problem
+at once. mergekit writes into a hidden sibling
 `.NAME.partial-PID` (inside the output folder, `.partial-PID`, when that exists already: it
 may be a mount point, and nothing is written beside it), which also holds the merged LoRA
 donors (`model+adapter`) until the merge ends unless `lora_merge_cache` names a folder for
 them; the folder is renamed into place (its files moved into the existing folder, the
-suite's completion marker last) only once it is a complete model (`complete.problems`),
-with a card that names the final folder. Partials of the same output left by killed merges
-are removed.
+suite's completion marker last) only once it is a complete model (`complete.problems`)
+whose weights are all finite (`complete.nonfinite`), with a card that names the final
+folder. Partials of the same output left by killed merges are removed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from mergekit_layerswap import checkpoint, complete, validate
+from mergekit_layerswap import checkpoint, complete, mergekit_schema, validate
 from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
 from mergekit_layerswap.errors import InputError, RunError
 
@@ -84,6 +85,14 @@ def check_output(out_path: str | Path) -> Path:
     return out
 
 
+def config_problems(raw: dict) -> list[str]:
+    """Every problem of a config, one line each: for layer_swap, `validate.check`; for any
+    method, the fields mergekit's own schema refuses (`mergekit_schema`; imports torch)."""
+    if raw.get("merge_method") == validate.METHOD:
+        return validate.check(raw) or mergekit_schema.refused(raw)
+    return mergekit_schema.check(raw)
+
+
 def _tokenizer_problems(raw: dict) -> list[str]:
     """A tokenizer source naming a local folder that is not there (mergekit would try it as
     a Hub id, and fail, after the whole merge)."""
@@ -106,8 +115,7 @@ def _tokenizer_problems(raw: dict) -> list[str]:
 def check(raw: dict, out_path: str | Path, options: MergeOptions | None = None) -> Path:
     """The output folder, once config, output path and options are valid (InputError lists
     every problem of all three)."""
-    problems = validate.check(raw) if raw.get("merge_method") == validate.METHOD else []
-    problems += _tokenizer_problems(raw)
+    problems = config_problems(raw) + _tokenizer_problems(raw)
     try:
         out = check_output(out_path)
     except InputError as error:
@@ -261,6 +269,13 @@ def _finish(
     problems = complete.problems(partial, tokenizer=expected)
     if problems:
         raise RunError(f"the merge is incomplete ({'; '.join(problems)}); nothing was written")
+    broken = complete.nonfinite(partial)
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        raise RunError(
+            f"the merged model holds NaN or infinite values ({broken[0]}{more}); nothing was "
+            "written: check the merge's weights and that the input models are finite"
+        )
 
 
 def reproduce_command(options: MergeOptions) -> str:

@@ -3,7 +3,8 @@
 mergekit 0.1.5 (pinned in pyproject.toml) has no plugin hooks, so `_hook` calls these as soon
 as mergekit's own modules finish importing:
 - `guard_config` wraps `mergekit.config.MergeConfiguration.model_validate`: a malformed
-  layer_swap config is one line per problem (exit 2) instead of pydantic's traceback;
+  layer_swap config, or one mergekit's own schema refuses, is one line per problem (exit 2)
+  instead of pydantic's traceback;
 - `guard_planner` wraps `mergekit.plan.MergePlanner.normalize_config` (check the config before
   any tensor is read, compile it into minimal-read slices, and plan the host checkpoint's
   own tensors rather than mergekit's template, `checkpoint_arch`) and `plan_to_disk` (one
@@ -28,7 +29,7 @@ from importlib.metadata import version
 
 import yaml
 
-from mergekit_layerswap import checkpoint, layout, validate
+from mergekit_layerswap import checkpoint, layout, mergekit_schema, validate
 from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.plan import compile_slices
 
@@ -153,13 +154,14 @@ def _host_architecture(arch, plan: validate.LayerSwapPlan, host, config):
 def guard_config(config_module) -> None:
     """Check layer_swap configs where the stock `mergekit-yaml` parses the loaded YAML
     (`MergeConfiguration.model_validate`), so a malformed shape (`models: [./A, ./B]`, a
-    `model:` without a path, non-string keys) is one line per problem."""
+    `model:` without a path, non-string keys) or a field mergekit's schema refuses
+    (`chat_template: [1]`) is one line per problem."""
 
     def make(original):
         @functools.wraps(original)
         def model_validate(cls, obj, *args, **kwargs):
             if isinstance(obj, dict) and obj.get("merge_method") == validate.METHOD:
-                _refuse(validate.check(obj))
+                _refuse(validate.check(obj) or mergekit_schema.refused(obj))
             return original.__func__(cls, obj, *args, **kwargs)
 
         return classmethod(model_validate)

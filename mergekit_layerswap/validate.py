@@ -16,7 +16,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mergekit_layerswap import adapters, checkpoint, compat, config_files, layout, overrides, swap
+from mergekit_layerswap import (
+    adapters,
+    checkpoint,
+    compat,
+    config_files,
+    layout,
+    mergekit_schema,
+    overrides,
+    swap,
+)
 from mergekit_layerswap.errors import InputError, did_you_mean
 
 METHOD = "layer_swap"
@@ -73,13 +82,16 @@ def load(path: str | Path, changes: Sequence[str] = ()) -> dict:
 
 
 def reference(value: Any) -> str | None:
-    """A model entry as mergekit's string form ``path[@rev][+lora]`` (None if malformed)."""
+    """A model entry as mergekit's string form ``path[@rev][+lora]`` (None if malformed:
+    mergekit takes a mapping only with a `model` key, one `+` and one `@` per part)."""
     if isinstance(value, dict):
-        value = value.get("model", value.get("path"))
+        value = value.get("model")
         if isinstance(value, dict):
             path, revision = value.get("path"), value.get("revision")
             value = f"{path}@{revision}" if isinstance(path, str) and revision else path
-    return value if isinstance(value, str) and value.strip() else None
+    if not isinstance(value, str) or not value.strip() or value.count("+") > 1:
+        return None
+    return None if any(part.count("@") > 1 for part in value.split("+")) else value
 
 
 def _parameters(
@@ -137,7 +149,7 @@ def _structure(raw: dict) -> list[str]:
     problems += unknown_keys(raw)
     if raw.get("merge_method") != METHOD:
         problems.append(f"merge_method: expected {METHOD!r}, got {raw.get('merge_method')!r}")
-    if raw.get("slices") or raw.get("modules"):
+    if any(raw.get(key) not in (None, [], {}) for key in ("slices", "modules")):
         problems.append(
             "slices/modules: layer_swap takes a `models:` list (host + donors); "
             "the layers each donor takes are its bottom/top/layers parameters"
@@ -151,22 +163,7 @@ def _structure(raw: dict) -> list[str]:
         problems.append("base_model: expected a model path or Hub id, e.g. base_model: ./math")
     if not isinstance(raw.get("models"), list) or not raw["models"]:
         problems.append("models: missing; list the host and at least one donor")
-    for key in ("dtype", "out_dtype"):
-        if key in raw and _dtype(raw[key]) is None:
-            problems.append(
-                f"{key}: got {raw[key]!r}; use one of {', '.join(DTYPES)} "
-                "(or leave it out to keep the models' own dtype)"
-            )
-    return problems
-
-
-#: The floating-point dtypes mergekit 0.1.5 merges into (`mergekit.common.dtype_from_name`).
-DTYPES = tuple(sorted(name for name, _ in checkpoint.FLOAT_DTYPES.values()))
-
-
-def _dtype(value: Any) -> str | None:
-    name = value.removeprefix("torch.") if isinstance(value, str) else None
-    return name if name in DTYPES or value is None else None
+    return problems + mergekit_schema.problems(raw)
 
 
 def _model_entry(where: str, entry: Any) -> tuple[str | None, str | None]:

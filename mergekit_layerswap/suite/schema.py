@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from mergekit_layerswap import checkpoint, swap, validate
 from mergekit_layerswap.errors import InputError, did_you_mean
 from mergekit_layerswap.evaluate.settings import EvalSettings
+from mergekit_layerswap.merge import config_problems
 from mergekit_layerswap.suite import methods
 from mergekit_layerswap.suite.executor import ExecutorSettings
 
@@ -238,9 +239,10 @@ def _sweep_entries(sweep: Sweep, aliases: _Aliases, in_memory: bool) -> list[Ent
 
 
 def _merge_problems(config: dict) -> list[str]:
-    """layer_swap: our full check; other methods: mergekit's own config model and spec."""
+    """layer_swap: `merge.config_problems` (our full check, then mergekit's own config
+    model); other methods: mergekit's config model and the method's spec (`methods`)."""
     if config.get("merge_method") == validate.METHOD:
-        return validate.check(config)
+        return config_problems(config)
     return methods.problems(config)
 
 
