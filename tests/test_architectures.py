@@ -32,6 +32,7 @@ _LLAMA_LIKE = dict(
     num_hidden_layers=4,
     num_attention_heads=4,
     num_key_value_heads=2,
+    pad_token_id=0,  # within the tiny vocabulary (GLM-4's default is not)
 )
 _GPT2_LIKE = dict(vocab_size=64, n_positions=64, n_embd=32, n_layer=4, n_head=4)
 _MOE = dict(num_experts_per_tok=2, moe_intermediate_size=32)
@@ -148,7 +149,9 @@ def merged(tmp_path_factory) -> dict[str, dict]:
         folder = root / f"family{index}"
         host, donor = build(family, 1, folder / "host"), build(family, 2, folder / "donor")
         config = folder / "swap.yml"
-        config.write_text(yaml.safe_dump(layer_swap(host, {donor: {"bottom": 1, "top": 1}})))
+        raw = layer_swap(host, {donor: {"bottom": 1, "top": 1}})
+        del raw["dtype"]  # each tensor keeps its own (GLM-4-MoE's router bias stays float32)
+        config.write_text(yaml.safe_dump(raw))
         runs[family] = {"host": host, "donor": donor}
         for kind, streamed in (("streamed", True), ("executed", False)):
             runs[family][kind] = folder / kind / "swapped"  # one name: the card names it
