@@ -6,6 +6,7 @@ header and the model's headers, no tensor read, no torch.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from mergekit_layerswap import checkpoint, config_files
@@ -59,6 +60,34 @@ def check(reference: str, base: dict[str, Stored] | None) -> None:
             f"LoRA adapter {adapter}: {problem}; use an adapter trained on this model "
             f"({reference.partition('+')[0]})"
         )
+
+
+def problems(raw: dict) -> list[str]:
+    """A line for every `model+adapter` reference of a mergekit config (`base_model`, any
+    `model` entry) whose LoRA adapter `check` refuses; the model's headers are read where
+    the model is local."""
+    lines = []
+    for field, reference in _references(raw):
+        try:
+            local = checkpoint.looks_local(checkpoint.split_reference(reference)[0])
+            check(reference, checkpoint.model_tensors(reference) if local else None)
+        except InputError as error:
+            lines.append(f"{field}: {error}")
+    return lines
+
+
+def _references(value: object, field: str = "") -> Iterator[tuple[str, str]]:
+    """(field, reference) of every `base_model` or `model` string naming an adapter."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{field}.{key}" if field else str(key)
+            if key in ("base_model", "model") and isinstance(item, str):
+                yield from [(where, item)] if "+" in item else []
+            else:
+                yield from _references(item, where)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _references(item, f"{field}[{i}]")
 
 
 def _fit(tensors: dict[str, Stored], base: dict[str, Stored], transposed: bool) -> str | None:

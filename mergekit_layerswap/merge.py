@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from mergekit_layerswap import checkpoint, complete, mergekit_schema, validate
+from mergekit_layerswap import adapters, checkpoint, complete, mergekit_schema, validate
 from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
 from mergekit_layerswap.errors import InputError, RunError
 
@@ -87,10 +87,11 @@ def check_output(out_path: str | Path) -> Path:
 
 def config_problems(raw: dict) -> list[str]:
     """Every problem of a config, one line each: for layer_swap, `validate.check`; for any
-    method, the fields mergekit's own schema refuses (`mergekit_schema`; imports torch)."""
+    method, the fields mergekit's own schema refuses (`mergekit_schema`; imports torch) and
+    LoRA adapters that do not fit their models (`adapters`)."""
     if raw.get("merge_method") == validate.METHOD:
         return validate.check(raw) or mergekit_schema.refused(raw)
-    return mergekit_schema.check(raw)
+    return mergekit_schema.check(raw) + adapters.problems(raw)
 
 
 def _tokenizer_problems(raw: dict) -> list[str]:

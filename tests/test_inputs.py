@@ -17,6 +17,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mergekit_layerswap import checkpoint, cli, hf_defaults, validate
+from mergekit_layerswap.errors import InputError
+from mergekit_layerswap.suite.schema import parse_suite
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +157,35 @@ def test_lora_adapter_for_another_hidden_size_is_one_line(
     raw = layer_swap(host, {f"{donor}+{wide}": {"bottom": 2}})
     words = "lora_A.weight has shape [4, 96], which does not fit model.layers.0.self_attn"
     _one_line(raw, tmp_path, capsys, words)
+
+
+def test_lora_adapter_is_checked_for_every_merge_method(host, donor, tmp_path, capsys):
+    """A linear merge's `model+adapter`: one line from `merge` and from a suite's check."""
+    missing = tmp_path / "nope"
+    weight = {"weight": 0.5}
+    raw = {
+        "merge_method": "linear",
+        "models": [
+            {"model": str(host), "parameters": weight},
+            {"model": f"{donor}+{missing}", "parameters": weight},
+        ],
+        "dtype": "bfloat16",
+    }
+    words = f"models[1].model: LoRA adapter {missing}: no such folder"
+    assert words in refused(tmp_path, raw, capsys)
+    models = [
+        {"model": "host", "parameters": weight},
+        {"model": f"donor+{missing}", "parameters": weight},
+    ]
+    suite = {
+        "models": {"host": str(host), "donor": str(donor)},
+        "merges": [{**raw, "name": "soup", "models": models}],
+        "evaluation": {"languages": ["sw"]},
+    }
+    with pytest.raises(InputError) as error:
+        parse_suite(suite, tmp_path)
+    (problem,) = [p for p in error.value.problems if "LoRA" in p]
+    assert problem.startswith(f"soup: {words}; ")
 
 
 def test_yaml_merge_keys_are_accepted(host, donor, tmp_path, capsys):

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from mergekit_layerswap import checkpoint, swap, validate
+from mergekit_layerswap import adapters, checkpoint, swap, validate
 from mergekit_layerswap.errors import InputError, did_you_mean
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.merge import config_problems
@@ -240,10 +240,11 @@ def _sweep_entries(sweep: Sweep, aliases: _Aliases, in_memory: bool) -> list[Ent
 
 def _merge_problems(config: dict) -> list[str]:
     """layer_swap: `merge.config_problems` (our full check, then mergekit's own config
-    model); other methods: mergekit's config model and the method's spec (`methods`)."""
+    model); other methods: mergekit's config model and the method's spec (`methods`), and
+    their LoRA adapters (`adapters`)."""
     if config.get("merge_method") == validate.METHOD:
         return config_problems(config)
-    return methods.problems(config)
+    return methods.problems(config) + adapters.problems(config)
 
 
 def _pydantic_problems(error: ValidationError) -> list[str]:
