@@ -62,3 +62,11 @@ def hold(folder: Path, lock_file: str, run: str, option: str) -> Iterator[None]:
         handle.write(str(os.getpid()))
         handle.flush()
         yield
+
+
+def link_out(root: Path, path: Path) -> str | None:
+    """A problem line when `path`, inside `root`, is a symbolic link leading out of `root`:
+    what is written through it would land elsewhere."""
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        return f"{path} is a link out of {root} (to {path.resolve()}); remove the link"
+    return None

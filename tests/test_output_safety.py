@@ -53,6 +53,23 @@ def test_a_full_disk_at_the_results_file_names_it(model, mgsm_hf_dir, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "cache"]  # no partial left
 
 
+def test_eval_samples_or_cache_linked_out_of_the_output_folder(
+    model, mgsm_hf_dir, tmp_path, capsys
+):
+    """Nothing eval writes follows a symlink out of its output folder (samples, cache)."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    for name in ("samples", "cache"):
+        (out / name).symlink_to(elsewhere)
+    capsys.readouterr()
+    assert cli.main([*eval_argv(model, out, mgsm_hf_dir), "--log-samples"]) == 2
+    err = capsys.readouterr().err
+    for name in ("samples", "cache"):
+        assert f"{out / name} is a link out of {out} (to {elsewhere}); remove the link" in err
+    assert len(err.strip().splitlines()) == 2 and not list(elsewhere.iterdir())
+
+
 def test_two_evals_into_one_output_folder(model, mgsm_hf_dir, tmp_path, capsys):
     """Two `eval` runs into one `--output` at once: the last writer won, there was no lock."""
     out = tmp_path / "out"

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import mergekit_layerswap
 
 from ..errors import InputError, first_line
-from ..files import hold, write_atomic
+from ..files import hold, link_out, write_atomic
 from . import columns
 from .columns import TaskSet
 from .identity import ModelIdentity, resolve_model
@@ -285,6 +285,8 @@ def prepare(
     check(check_writable, output_dir, "output")
     if not cache_dir.is_relative_to(output_dir):  # else the output folder's problem covers it
         check(check_writable, cache_dir, "cache")
+    inside = [output_dir / "samples", *([cache_dir] if cache_dir.parent == output_dir else [])]
+    problems += filter(None, (link_out(output_dir, path) for path in inside))
     previous = None if replace else check(_previous_results, output_dir, settings, versions)
     if problems:
         raise InputError(problems)
