@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,23 +140,18 @@ def build(family: str, seed: int, out: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def merged(tmp_path_factory) -> dict[str, dict]:
-    """Per family: its host, donor, streamed and executed outputs and what the stock
-    command said of each (all merges run in one interpreter, see mergekit_yaml_many.py)."""
-    root = tmp_path_factory.mktemp("families")
-    jobs, runs = [], {}
-    for index, family in enumerate(FAMILIES):
-        folder = root / f"family{index}"
-        host, donor = build(family, 1, folder / "host"), build(family, 2, folder / "donor")
-        config = folder / "swap.yml"
-        raw = layer_swap(host, {donor: {"bottom": 1, "top": 1}})
-        del raw["dtype"]  # each tensor keeps its own (GLM-4-MoE's router bias stays float32)
-        config.write_text(yaml.safe_dump(raw))
-        runs[family] = {"host": host, "donor": donor}
-        for kind, streamed in (("streamed", True), ("executed", False)):
-            runs[family][kind] = folder / kind / "swapped"  # one name: the card names it
-            jobs.append([str(config), str(runs[family][kind]), streamed])
+def swap_config(host: Path, donor: Path, out: Path) -> Path:
+    """The bottom 1 / top 1 swap, without `dtype:` so each tensor keeps its own (GLM-4-MoE's
+    router bias stays float32)."""
+    raw = layer_swap(host, {donor: {"bottom": 1, "top": 1}})
+    del raw["dtype"]
+    out.write_text(yaml.safe_dump(raw))
+    return out
+
+
+def stock_mergekit_yaml(jobs: list[list], root: Path) -> dict[str, str]:
+    """Run [config, out, streamed] jobs with the stock command in one interpreter
+    (mergekit_yaml_many.py); what it said of each output folder."""
     (root / "jobs.json").write_text(json.dumps(jobs))
     driver = Path(__file__).with_name("mergekit_yaml_many.py")
     done = subprocess.run(
@@ -165,7 +161,24 @@ def merged(tmp_path_factory) -> dict[str, dict]:
         timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    said = json.loads((root / "results.json").read_text())
+    return json.loads((root / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory) -> dict[str, dict]:
+    """Per family: its host, donor, streamed and executed outputs and what the stock
+    command said of each."""
+    root = tmp_path_factory.mktemp("families")
+    jobs, runs = [], {}
+    for index, family in enumerate(FAMILIES):
+        folder = root / f"family{index}"
+        host, donor = build(family, 1, folder / "host"), build(family, 2, folder / "donor")
+        config = swap_config(host, donor, folder / "swap.yml")
+        runs[family] = {"host": host, "donor": donor}
+        for kind, streamed in (("streamed", True), ("executed", False)):
+            runs[family][kind] = folder / kind / "swapped"  # one name: the card names it
+            jobs.append([str(config), str(runs[family][kind]), streamed])
+    said = stock_mergekit_yaml(jobs, root)
     for run in runs.values():
         run["said"] = {kind: said[str(run[kind])] for kind in ("streamed", "executed")}
     return runs
@@ -176,27 +189,46 @@ def _layer(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def check_exact(host: Path, donor: Path, out: Path) -> None:
+    """`out` has the host's tensor names, each bit for bit the donor's (outside the layers,
+    layers 0 and 3) or the host's (layers 1-2), and transformers loads it completely."""
+    from transformers import AutoModelForCausalLM
+
+    host, donor, merged = tensors(host), tensors(donor), tensors(out)
+    assert sorted(merged) == sorted(host)
+    for name, tensor in merged.items():
+        source = host if _layer(name) in (1, 2) else donor
+        assert not torch.equal(host[name], donor[name]), name  # the check can tell them apart
+        assert tensor.dtype == source[name].dtype and torch.equal(tensor, source[name]), name
+    _, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+
+
 @pytest.mark.parametrize("family", [f for f, (*_, outcome) in FAMILIES.items() if outcome == EXACT])
 def test_bottom_top_swap_is_exact(family, merged):
     run = merged[family]
     assert run["said"] == {"streamed": "ok", "executed": "ok"}
-    host, donor, out = tensors(run["host"]), tensors(run["donor"]), tensors(run["streamed"])
-    assert sorted(out) == sorted(host)
-    for name, tensor in out.items():
-        source = host if _layer(name) in (1, 2) else donor
-        assert not torch.equal(host[name], donor[name]), name  # the check can tell them apart
-        assert tensor.dtype == source[name].dtype and torch.equal(tensor, source[name]), name
-    executed = run["executed"]
-    assert sorted(p.name for p in run["streamed"].iterdir()) == sorted(
-        p.name for p in executed.iterdir()
-    )
+    check_exact(run["host"], run["donor"], run["streamed"])
+    streamed, executed = run["streamed"], run["executed"]
+    assert sorted(p.name for p in streamed.iterdir()) == sorted(p.name for p in executed.iterdir())
     for path in executed.iterdir():
-        assert (run["streamed"] / path.name).read_bytes() == path.read_bytes(), path.name
+        assert (streamed / path.name).read_bytes() == path.read_bytes(), path.name
 
-    from transformers import AutoModelForCausalLM
 
-    _, info = AutoModelForCausalLM.from_pretrained(run["streamed"], output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
+def test_pickled_weights_keep_their_biases_too(tmp_path):
+    """`.bin` weights (names read by mergekit's loader, which validation cannot read) are
+    planned from the checkpoint's own names as well (mergekit's executor writes them)."""
+    models = {}
+    for role, seed in (("host", 1), ("donor", 2)):
+        built = build("Llama, attention and MLP biases", seed, tmp_path / f"{role}-safetensors")
+        models[role] = tmp_path / role
+        models[role].mkdir()
+        shutil.copy(built / "config.json", models[role])
+        torch.save(tensors(built), models[role] / "pytorch_model.bin")
+    config = swap_config(models["host"], models["donor"], tmp_path / "swap.yml")
+    out = tmp_path / "swapped"
+    assert stock_mergekit_yaml([[str(config), str(out), True]], tmp_path) == {str(out): "ok"}
+    check_exact(tmp_path / "host-safetensors", tmp_path / "donor-safetensors", out)
 
 
 @pytest.mark.parametrize("family", [f for f, (*_, outcome) in FAMILIES.items() if outcome != EXACT])
