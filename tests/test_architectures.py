@@ -231,6 +231,24 @@ def test_pickled_weights_keep_their_biases_too(tmp_path):
     check_exact(tmp_path / "host-safetensors", tmp_path / "donor-safetensors", out)
 
 
+def test_blended_biases_are_the_same_both_ways(tmp_path):
+    """A transition layer blends biases like weights, streamed as through mergekit's
+    executor: (donor + host) / 2 in float32, cast to bfloat16."""
+    family = "Llama, attention and MLP biases"
+    host, donor = build(family, 1, tmp_path / "host"), build(family, 2, tmp_path / "donor")
+    config = tmp_path / "swap.yml"
+    config.write_text(yaml.safe_dump(layer_swap(host, {donor: {"bottom": 1}}, transition=1)))
+    outs = {kind: tmp_path / kind / "swapped" for kind in ("streamed", "executed")}
+    jobs = [[str(config), str(outs[kind]), kind == "streamed"] for kind in outs]
+    assert set(stock_mergekit_yaml(jobs, tmp_path).values()) == {"ok"}
+    for path in outs["executed"].iterdir():
+        assert (outs["streamed"] / path.name).read_bytes() == path.read_bytes(), path.name
+    merged, hosts, donors = tensors(outs["streamed"]), tensors(host), tensors(donor)
+    bias = "model.layers.1.mlp.down_proj.bias"
+    blend = (0.5 * donors[bias].float() + 0.5 * hosts[bias].float()).to(torch.bfloat16)
+    assert torch.equal(merged[bias], blend)
+
+
 @pytest.mark.parametrize("family", [f for f, (*_, outcome) in FAMILIES.items() if outcome != EXACT])
 def test_what_mergekit_does_not_define_is_refused_in_one_line(family, merged):
     run = merged[family]
