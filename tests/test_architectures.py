@@ -6,7 +6,9 @@ executor with MERGEKIT_LAYERSWAP_STREAM=0).
 Exact means: the output has the host's tensor names, every tensor is bit-identical to the
 donor's (embeddings, layers 0 and 3, final norm and head) or the host's (layers 1-2), both
 ways write the same files, and transformers loads the output with no missing or unexpected
-key. The README's table of architectures is `table()` of FAMILIES (a test checks it)."""
+key. Also: pickled (`.bin`) checkpoints keep their biases, and a transition blends biases the
+same both ways. The README's table of architectures is `table()` of FAMILIES (a test checks
+it)."""
 
 from __future__ import annotations
 
