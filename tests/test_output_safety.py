@@ -70,6 +70,24 @@ def test_eval_samples_or_cache_linked_out_of_the_output_folder(
     assert len(err.strip().splitlines()) == 2 and not list(elsewhere.iterdir())
 
 
+@pytest.mark.parametrize("name", ["analysis.csv", "layers.png"])
+def test_analysis_files_are_written_atomically(make_model, tmp_path, capsys, name):
+    """Every results file, CSV and picture is written atomically: through a temporary sibling
+    (here /dev/full, so the disk is full), which a full disk names by the file's own name."""
+    base, expert = make_model("llama", 4, seed=1), make_model("llama", 4, seed=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f".{name}.partial-{os.getpid()}").symlink_to("/dev/full")
+    capsys.readouterr()
+    argv = ["analyze", "--base", str(base), "--expert", f"a={expert}", "--output", str(out)]
+    assert cli.main([*argv, "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"mergekit-layerswap analyze: failed: {out / name}: No space left on device " + (
+        "(-v shows the traceback)"
+    )
+    assert not (out / name).exists() and not list(out.glob(".*partial*"))
+
+
 def test_two_evals_into_one_output_folder(model, mgsm_hf_dir, tmp_path, capsys):
     """Two `eval` runs into one `--output` at once: the last writer won, there was no lock."""
     out = tmp_path / "out"
