@@ -178,7 +178,8 @@ def test_input_errors_name_their_file_once(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"mergekit-layerswap validate: error: {config} is invalid:",
         "  override 'models.5.model=x': models holds 2 items: give an index below 2",
-        "  override 'nokey': write KEY=VALUE with a dotted KEY, e.g. models.lang=your-org/expert",
+        "  override 'nokey': write KEY=VALUE with a dotted KEY, e.g. models.lang=your-org/expert"
+        ' (a key holding a dot in double quotes: models."llama3.1"=your-org/expert)',
     ]
 
 

@@ -119,7 +119,9 @@ def test_smallest_lab_is_not_degenerate_resumes_and_reruns_identically(tmp_path,
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # resumed from another folder, another spelling
     out = Path("../lab")
-    assert run.run_lab(out, settings, threads=1) == data  # resumed: nothing trained, merged or scored
+    assert (
+        run.run_lab(out, settings, threads=1) == data
+    )  # resumed: nothing trained, merged or scored
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert (out / "lab.json").read_bytes() == first
 
