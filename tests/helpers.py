@@ -10,6 +10,16 @@ from safetensors.torch import load_file
 
 from mergekit_layerswap import cli
 
+#: A tiny Llama's config fields (4 layers, grouped-query attention) for transformers' configs.
+TINY_LLAMA = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
 
 def layer_swap(host: Path | str, donors: dict, **parameters) -> dict:
     """A layer_swap mergekit config: `donors` maps each donor to its bottom/top/layers."""

@@ -22,21 +22,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import layer_swap, tensors
+from helpers import TINY_LLAMA, layer_swap, tensors
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[1] / "README.md"
 EXACT = "exact"
 NOT_DEFINED = "refused (exit 2): mergekit 0.1.5 defines no such single-stack model"
 _LLAMA_LIKE = dict(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    pad_token_id=0,  # within the tiny vocabulary (GLM-4's default is not)
-)
+    TINY_LLAMA, pad_token_id=0
+)  # within the tiny vocabulary (GLM-4's default is not)
 _GPT2_LIKE = dict(vocab_size=64, n_positions=64, n_embd=32, n_layer=4, n_head=4)
 _MOE = dict(num_experts_per_tok=2, moe_intermediate_size=32)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import layer_swap
+from helpers import TINY_LLAMA, layer_swap
 from safetensors.torch import load_file, save_file
 
 from mergekit_layerswap import cli, compat
@@ -38,16 +38,7 @@ def _validate(tmp_path: Path, host: Path, donor: Path, capsys) -> tuple[int, str
 def _llama(out: Path, seed: int, **settings) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        architectures=["LlamaForCausalLM"],
-        **settings,
-    )
+    config = LlamaConfig(**TINY_LLAMA, architectures=["LlamaForCausalLM"], **settings)
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)
     return out
