@@ -265,3 +265,30 @@ def test_in_memory_sweep_variant_equals_the_written_checkpoint(aliases, mgsm_hf_
         assert [s["resps"] for s in mine[code].samples] == [
             s["resps"] for s in theirs[code].samples
         ]
+
+
+def test_in_memory_variant_of_experts_in_two_dtypes_computes_as_the_written_one(
+    aliases, make_model, tmp_path
+):
+    """A bfloat16 host and a float32 donor, no `dtype:`: the written checkpoint loads in the
+    host config's dtype, and so does the in-memory variant (same tensors, same logits)."""
+    from mergekit.options import MergeOptions
+    from transformers import AutoModelForCausalLM
+
+    from mergekit_layerswap import merge
+    from mergekit_layerswap.evaluate import EvalSettings
+    from mergekit_layerswap.suite.sweep import InMemorySweep
+
+    host = make_model("llama", 6, seed=11, dtype="bfloat16")
+    donor = make_model("llama", 6, seed=12, dtype="float32")
+    config = layer_swap(host, {donor: {"bottom": 2, "top": 1}}, transition=1)
+    del config["dtype"]
+    written = merge.run(config, tmp_path / "written", MergeOptions(quiet=True))
+    loaded = AutoModelForCausalLM.from_pretrained(written, dtype="auto").eval()
+    sweep = InMemorySweep(str(host), str(donor), EvalSettings(languages="sw", device="cpu"))
+    model = sweep.build(config)
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in ours)
+    ids = torch.arange(1, 17).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)

@@ -44,9 +44,12 @@ class InMemorySweep:
             donor: dict(donor_model.state_dict()),
         }
         self.num_layers = checkpoint.model_info(host).num_layers
+        self.dtype = self.model.dtype  # the host config's: what loading a written variant gives
 
     def build(self, config: dict) -> Any:
-        """Assign the variant of `config` (a layer_swap sweep config) into the model."""
+        """Assign the variant of `config` (a layer_swap sweep config) into the model, in the
+        dtype the written checkpoint would load in (`out_dtype`, else `dtype`, else the host
+        config's), so that experts of other dtypes compute as they would from disk."""
         import torch
         from mergekit.common import dtype_from_name
         from mergekit.merge_methods import merge_state_dicts
@@ -63,6 +66,9 @@ class InMemorySweep:
                 parameters={**parameters, "num_layers": self.num_layers},
                 dtype=dtype_from_name(config.get("dtype")),
             )
+        name = config.get("out_dtype") or config.get("dtype")
+        dtype = dtype_from_name(name) if name else self.dtype
+        merged = {k: v.to(dtype) if v.is_floating_point() else v for k, v in merged.items()}
         self.model.load_state_dict(merged, assign=True, strict=True)
         return self.model
 
