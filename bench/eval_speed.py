@@ -25,14 +25,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mergekit_layerswap import tiny  # noqa: E402
-from mergekit_layerswap.evaluate.settings import DEFAULT_HF_BATCH_SIZE  # noqa: E402
-from mergekit_layerswap.evaluate.tasks import (  # noqa: E402
+from _support import tiny  # noqa: E402
+
+from mergekit_layerswap.evaluate.mgsm import (  # noqa: E402
     HEADLINE_FILTER,
     parse_languages,
     task_name,
     write_task_group,
 )
+from mergekit_layerswap.evaluate.settings import DEFAULT_HF_BATCH_SIZE  # noqa: E402
 
 MODE = "native_cot"
 

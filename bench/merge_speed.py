@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep", help="build the experts here and keep them")
     args = parser.parse_args()
-    from mergekit_layerswap import tiny
+    from _support import tiny
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="merge-speed-"))
     host, donor = work / "math", work / "swahili"

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import ray
+from _support import tiny
 
-from mergekit_layerswap import tiny
 from mergekit_layerswap.suite import ray_run, runner
 from mergekit_layerswap.suite.schema import parse_suite
 

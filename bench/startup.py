@@ -35,7 +35,7 @@ def wall(command: list[str]) -> float:
 
 
 def validate_config(folder: Path) -> Path:
-    from mergekit_layerswap import tiny
+    from _support import tiny
 
     host = tiny.build_model(folder / "math", num_layers=8, seed=1)
     donor = tiny.build_model(folder / "sw", num_layers=8, seed=2, tokenizer_dir=host)

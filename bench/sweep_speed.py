@@ -16,9 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from mergekit_layerswap import tiny
+from _support import tiny
+
 from mergekit_layerswap.evaluate import run as evaluate_run
-from mergekit_layerswap.suite import runner, sweep
+from mergekit_layerswap.suite import in_memory as in_memory_sweep
+from mergekit_layerswap.suite import runner
 from mergekit_layerswap.suite.schema import parse_suite
 
 EVAL_SECONDS: list[float] = []
@@ -42,7 +44,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("MGSM_DATA_DIR"))
     args = parser.parse_args()
     # measure only what lm-eval spends evaluating, on both paths
-    sweep.evaluate_lm = timed(sweep.evaluate_lm)
+    in_memory_sweep.evaluate_lm = timed(in_memory_sweep.evaluate_lm)
     evaluate_run.evaluate_lm = timed(evaluate_run.evaluate_lm)
 
     work = Path(tempfile.mkdtemp(prefix="sweep-speed-"))

@@ -18,11 +18,11 @@ from mergekit_layerswap import checkpoint, swap, validate
 from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
 from mergekit_layerswap.errors import InputError, first_line
 from mergekit_layerswap.evaluate.identity import fingerprint_dir
+from mergekit_layerswap.evaluate.mgsm import HEADLINE_FILTER, HUB_DATASET
 from mergekit_layerswap.evaluate.results import EvalResults, LanguageResult, ModelResult
 from mergekit_layerswap.evaluate.settings import eval_command
-from mergekit_layerswap.evaluate.tasks import HEADLINE_FILTER, HUB_DATASET
 from mergekit_layerswap.files import write_atomic
-from mergekit_layerswap.plan import compile_slices
+from mergekit_layerswap.layer_map import compile_slices
 
 PAPER = "https://arxiv.org/abs/2410.01335"
 CITATION = """@inproceedings{bandarkar2025layerswapping,

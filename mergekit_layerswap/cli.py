@@ -86,17 +86,16 @@ def _add_validate(sub: Subparsers) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from mergekit_layerswap import plan as slices
-    from mergekit_layerswap import validate
+    from mergekit_layerswap import layer_map, validate
 
-    plan = validate.plan(validate.load(args.config, args.overrides))
+    plan = validate.checked(validate.load(args.config, args.overrides))
     donors = [claim.donor for claim in plan.swap.claims]
     symbols = {plan.host: "H"} | {
         donor: "D" if len(donors) == 1 else f"D{i}" for i, donor in enumerate(donors, 1)
     }
     print(f"{args.config}: OK ({plan.num_layers} layers)")
     print("\n".join(f"{symbol} = {source}" for source, symbol in symbols.items()))
-    print("\n".join(slices.text_map(plan.swap, plan.num_layers, symbols)))
+    print("\n".join(layer_map.text_map(plan.swap, plan.num_layers, symbols)))
     print("".join(f"note: {note}\n" for note in plan.notes), end="")
     return 0
 

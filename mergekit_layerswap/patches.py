@@ -31,7 +31,7 @@ import yaml
 
 from mergekit_layerswap import checkpoint, layout, mergekit_schema, validate
 from mergekit_layerswap.errors import InputError
-from mergekit_layerswap.plan import compile_slices
+from mergekit_layerswap.layer_map import compile_slices
 
 #: The mergekit these patches are written against (pyproject.toml pins it).
 MERGEKIT_VERSION = "0.1.5"
@@ -99,7 +99,7 @@ def _raw_config(config) -> dict:
     return raw
 
 
-def compile_config(config, plan: validate.LayerSwapPlan) -> dict:
+def compile_config(config, plan: validate.CheckedSwap) -> dict:
     """Rewrite a `models:` layer_swap config into minimal-read slices, in place; returns
     the config's model references by name.
 
@@ -137,7 +137,7 @@ def compile_config(config, plan: validate.LayerSwapPlan) -> dict:
     return references
 
 
-def _host_architecture(arch, plan: validate.LayerSwapPlan, host, config):
+def _host_architecture(arch, plan: validate.CheckedSwap, host, config):
     """The architecture the planner merges: the host's tensors as its checkpoint holds them,
     names read as mergekit's loader reads them (pickled weights too); a tensor no merge
     could place is refused (`layout.read`)."""
@@ -184,7 +184,7 @@ def guard_planner(plan_module) -> None:
         @functools.wraps(original)
         def normalize_config(self):
             if self.config.merge_method == validate.METHOD:
-                plan, problems = validate.check_plan(_raw_config(self.config))
+                plan, problems = validate.review(_raw_config(self.config))
                 _refuse(problems)
                 self._layerswap = plan, compile_config(self.config, plan)
                 host = self._layerswap[1][plan.host]

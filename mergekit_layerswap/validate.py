@@ -49,7 +49,7 @@ MERGEKIT_KEYS = frozenset(
 
 
 @dataclass(frozen=True)
-class LayerSwapPlan:
+class CheckedSwap:
     """A checked configuration: the host, the swap rule's config, the layer count and the
     host's mergekit architecture name."""
 
@@ -176,7 +176,7 @@ def _model_entry(where: str, entry: Any) -> tuple[str | None, str | None]:
     return reference(entry["model"]), None
 
 
-def check_plan(raw: dict) -> tuple[LayerSwapPlan | None, list[str]]:
+def review(raw: dict) -> tuple[CheckedSwap | None, list[str]]:
     """Validate a loaded config; returns the plan (None if invalid) and all problems."""
     problems = _structure(raw)
     if reference(raw.get("base_model")) is None or not isinstance(raw.get("models"), list):
@@ -244,7 +244,7 @@ def check_plan(raw: dict) -> tuple[LayerSwapPlan | None, list[str]]:
     problems += _tied_problems(config, num_layers, infos[host])
     if problems:
         return None, problems
-    plan = LayerSwapPlan(host, config, num_layers, infos[host].architecture, tuple(notes))
+    plan = CheckedSwap(host, config, num_layers, infos[host].architecture, tuple(notes))
     problems = _tensor_problems(plan, tensors, where)
     return (None if problems else plan), problems
 
@@ -292,7 +292,7 @@ def _read_models(
     return infos, tensors, problems, notes
 
 
-def _tensor_problems(plan: LayerSwapPlan, tensors: dict, where: dict[str, str]) -> list[str]:
+def _tensor_problems(plan: CheckedSwap, tensors: dict, where: dict[str, str]) -> list[str]:
     """The output holds every tensor of the host, each taken from the models the swap names
     for its place (read from the host's checkpoint, `layout`): each must have it, shaped as
     the host's (the output keeps the host's config.json), and a donor may hold no other
@@ -381,12 +381,12 @@ def swap_config(raw: dict) -> swap.SwapConfig:
 
 def check(raw: dict) -> list[str]:
     """Every problem with a loaded layer_swap config, one line each (empty if valid)."""
-    return check_plan(raw)[1]
+    return review(raw)[1]
 
 
-def plan(raw: dict) -> LayerSwapPlan:
+def checked(raw: dict) -> CheckedSwap:
     """The checked plan of a loaded config; InputError listing every problem if invalid."""
-    result, problems = check_plan(raw)
+    result, problems = review(raw)
     if problems or result is None:
         raise InputError(problems)
     return result

@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from mergekit_layerswap import tiny
+import tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

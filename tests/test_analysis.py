@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from mergekit_layerswap import analysis, cli, tiny
+from mergekit_layerswap import analysis, cli
 
 LAYERS = 8
 OUTER = [0, 1, 6, 7]  # where the "language" expert changed

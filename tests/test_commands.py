@@ -24,7 +24,7 @@ from huggingface_hub import ModelCard
 from mergekit_layerswap import cli, hub
 from mergekit_layerswap.evaluate.settings import EvalSettings, eval_command
 from mergekit_layerswap.lab import run as lab_run
-from mergekit_layerswap.lab import tasks as lab_tasks
+from mergekit_layerswap.lab import testsets as lab_tasks
 from mergekit_layerswap.suite import executor
 
 ROOT = Path(__file__).parents[1]

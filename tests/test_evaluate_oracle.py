@@ -10,7 +10,7 @@ import pytest
 from lm_eval.api.model import LM
 
 from mergekit_layerswap.evaluate import LANGUAGES, MODES, EvalSettings, evaluate_lm
-from mergekit_layerswap.evaluate.tasks import task_manager, task_name, write_task_group
+from mergekit_layerswap.evaluate.mgsm import task_manager, task_name, write_task_group
 
 #: How each language's exemplars state the result (MGSM's own answer format).
 ANSWER_FORMAT = {

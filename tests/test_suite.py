@@ -240,7 +240,7 @@ def test_in_memory_sweep_variant_equals_the_written_checkpoint(aliases, mgsm_hf_
 
     from mergekit_layerswap import merge
     from mergekit_layerswap.evaluate import EvalSettings, evaluate_lm
-    from mergekit_layerswap.suite.sweep import InMemorySweep
+    from mergekit_layerswap.suite.in_memory import InMemorySweep
 
     config = layer_swap(
         aliases["math"], {aliases["swahili"]: {"bottom": 2, "top": 1}}, transition=1
@@ -277,7 +277,7 @@ def test_in_memory_variant_of_experts_in_two_dtypes_computes_as_the_written_one(
 
     from mergekit_layerswap import merge
     from mergekit_layerswap.evaluate import EvalSettings
-    from mergekit_layerswap.suite.sweep import InMemorySweep
+    from mergekit_layerswap.suite.in_memory import InMemorySweep
 
     host = make_model("llama", 6, seed=11, dtype="bfloat16")
     donor = make_model("llama", 6, seed=12, dtype="float32")

@@ -235,7 +235,7 @@ def test_recipe_validates_with_the_paper_layer_map(make_model, tmp_path):
     raw["base_model"] = hub_ids[raw["base_model"]]
     for entry in raw["models"]:
         entry["model"] = hub_ids[entry["model"]]
-    plan = validate.plan(raw)
+    plan = validate.checked(raw)
     from mergekit_layerswap.swap import plan_layers
 
     layers = plan_layers(plan.swap, 32)

@@ -6,10 +6,10 @@ Importing this package is cheap; lm-eval and torch load when an evaluation runs.
 
 from .columns import TaskSet, resolve
 from .identity import ModelIdentity, resolve_model
+from .mgsm import HEADLINE_FILTER, LANGUAGES, MODES, parse_languages
 from .results import EvalResults, LanguageResult, ModelResult, read_results, render_markdown
 from .run import evaluate_lm, evaluate_models
 from .settings import EvalSettings, parse_tasks
-from .tasks import HEADLINE_FILTER, LANGUAGES, MODES, parse_languages
 
 __all__ = [
     "HEADLINE_FILTER",

@@ -17,9 +17,9 @@ from typing import Any
 
 from ..errors import InputError, first_line
 from .identity import fingerprint_dir
+from .mgsm import HEADLINE_FILTER, check_data_dir, mgsm_configs
 from .quiet import quiet
 from .settings import EvalSettings
-from .tasks import HEADLINE_FILTER, check_data_dir, mgsm_configs
 
 #: The headline metric when a task reports it with `HEADLINE_FILTER`.
 HEADLINE_METRIC = "exact_match"

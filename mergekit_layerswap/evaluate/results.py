@@ -13,8 +13,8 @@ from typing import Any
 from ..errors import InputError, first_line
 from ..files import write_atomic
 from .identity import ModelIdentity
+from .mgsm import HEADLINE_FILTER
 from .settings import EvalSettings
-from .tasks import HEADLINE_FILTER
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"

@@ -28,6 +28,7 @@ from ..files import hold, link_out, write_atomic
 from . import columns
 from .columns import TaskSet
 from .identity import ModelIdentity, resolve_model
+from .mgsm import HUB_DATASET, task_manager, task_name, write_task_group
 from .quiet import quiet
 from .results import (
     RESULTS_JSON,
@@ -40,7 +41,6 @@ from .results import (
     write_results,
 )
 from .settings import EvalSettings
-from .tasks import HUB_DATASET, task_manager, task_name, write_task_group
 
 #: Held in an `--output` folder while an evaluation writes into it (`files.hold`).
 LOCK_FILE = ".layerswap-eval.lock"

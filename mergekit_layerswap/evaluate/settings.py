@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from ..errors import InputError
-from .tasks import LANGUAGES, MAX_FEWSHOT, MODES, parse_languages
+from .mgsm import LANGUAGES, MAX_FEWSHOT, MODES, parse_languages
 
 
 def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:

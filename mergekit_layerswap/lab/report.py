@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from mergekit_layerswap.evaluate.settings import DEFAULT_HF_BATCH_SIZE, EvalSettings, eval_command
 from mergekit_layerswap.files import write_atomic
-from mergekit_layerswap.lab import language, tasks
+from mergekit_layerswap.lab import language, testsets
 from mergekit_layerswap.suite.leaderboard import Bar, picture, png
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def _ranked(data: dict) -> list[str]:
 def _glossary(data: dict) -> list[str]:
     settings, columns = data["settings"], data["columns"]
     target = LANGUAGE_NAMES[settings["language"]]
-    math_target, math_en, read_target = tasks.task_names(settings["language"])
+    math_target, math_en, read_target = testsets.task_names(settings["language"])
     about = {
         math_target: f"word problems in {target}, what layer swapping should help (the "
         "verdict is taken on it)",

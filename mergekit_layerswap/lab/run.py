@@ -6,7 +6,7 @@ expert (English word problems with step-by-step answers) and a language expert (
 target-language text, no arithmetic) fine-tuned from it; `analyze` of both experts against
 the base, whose suggested `layer_swap` is the lab's designated swap; a suite (the swap, a
 small sweep, soup, task arithmetic, TIES, DARE-TIES, the base and both experts) scored with
-lm-eval on the lab's own tasks (`tasks.py`). Then `report` aggregates the seeds.
+lm-eval on the lab's own tasks (`testsets.py`). Then `report` aggregates the seeds.
 
 Every stage is resumable: a model folder appears under its name only when complete, with the
 settings that made it (`lab-stage.json`); a rerun with the same settings reuses it, and the
@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from mergekit_layerswap.errors import RunError, first_line
-from mergekit_layerswap.lab import samplers, tasks, train
+from mergekit_layerswap.lab import samplers, testsets, train
 from mergekit_layerswap.lab.settings import LabSettings
 from mergekit_layerswap.merge import remove_stale_partials
 
@@ -212,7 +212,7 @@ def suite_config(
             "transition": [0, 1],
         },
         "evaluation": {
-            "tasks": list(tasks.task_names(settings.language)),
+            "tasks": list(testsets.task_names(settings.language)),
             "include_path": str(task_folder),
             "device": settings.device,
         },
@@ -305,9 +305,9 @@ def _run_lab(out: Path, settings: LabSettings) -> dict:
     from mergekit_layerswap.lab import report
 
     out.mkdir(parents=True, exist_ok=True)
-    test = tasks.build(settings.language, settings.n_test, settings.test_seed)
-    task_folder = tasks.write(test, settings.language, out / "tasks", settings.max_gen_toks)
-    columns = list(tasks.task_names(settings.language))
+    test = testsets.build(settings.language, settings.n_test, settings.test_seed)
+    task_folder = testsets.write(test, settings.language, out / "tasks", settings.max_gen_toks)
+    columns = list(testsets.task_names(settings.language))
     seeds = {}
     for seed in range(settings.seeds):
         scores, swap = run_seed(settings, seed, out, task_folder, test.excludes, _progress)
@@ -316,7 +316,7 @@ def _run_lab(out: Path, settings: LabSettings) -> dict:
     data = {
         "settings": settings.model_dump(),
         "columns": columns,
-        "tests": tasks.summary(test),
+        "tests": testsets.summary(test),
         "seeds": {str(seed): value for seed, value in seeds.items()},
         "summary": summary,
         "verdict": report.verdict(seeds, columns[0]),

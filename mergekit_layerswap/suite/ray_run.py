@@ -31,11 +31,11 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mergekit_layerswap.errors import InputError, RunError, first_line
-from mergekit_layerswap.suite import tasks
+from mergekit_layerswap.suite import steps
 from mergekit_layerswap.suite.executor import ExecutorSettings
+from mergekit_layerswap.suite.in_memory import InMemorySweep
+from mergekit_layerswap.suite.steps import Context, Step
 from mergekit_layerswap.suite.store import Store, read_json, write_json
-from mergekit_layerswap.suite.sweep import InMemorySweep
-from mergekit_layerswap.suite.tasks import Context, Step
 
 TASKS_DIR = ".layerswap-tasks"
 RUN_FILE = "ray-run.json"
@@ -63,13 +63,13 @@ def _tracked(context: Context, kind: str, name: str, body: Callable[[], None]) -
 
 @ray.remote
 def _merge(context: Context, step: Step) -> dict:
-    return _tracked(context, "merge", step.entry.name, lambda: tasks.merge_step(context, step))
+    return _tracked(context, "merge", step.entry.name, lambda: steps.merge_step(context, step))
 
 
 @ray.remote
 def _evaluate(context: Context, step: Step, merged: dict | None) -> dict:
     """Score a model from its folder (`merged`: its merge's report, when it ran now)."""
-    return _tracked(context, "eval", step.entry.name, lambda: tasks.eval_step(context, step))
+    return _tracked(context, "eval", step.entry.name, lambda: steps.eval_step(context, step))
 
 
 @ray.remote
@@ -82,8 +82,8 @@ class _Sweeper:
 
     def score(self, step: Step) -> dict:
         def body() -> None:
-            self.sweep = self.sweep or tasks.new_sweep(self.context, step)
-            tasks.eval_step(self.context, step, self.sweep)
+            self.sweep = self.sweep or steps.new_sweep(self.context, step)
+            steps.eval_step(self.context, step, self.sweep)
 
         return _tracked(self.context, "eval", step.entry.name, body)
 

@@ -3,7 +3,7 @@ leaderboard.
 
 Each entry is two steps, merge (merges and sweep variants only) and eval; each step is
 skipped when its key says it already finished (see `store`). `--dry-run` prints the plan.
-The steps to run are tasks (`suite.tasks`), run here (`executor: local`) or on a Ray cluster
+The steps to run are tasks (`suite.steps`), run here (`executor: local`) or on a Ray cluster
 (`executor: ray`, `suite.ray_run`); either way the leaderboard is written here, last.
 """
 
@@ -22,8 +22,8 @@ from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.suite import leaderboard
 from mergekit_layerswap.suite.executor import choose
 from mergekit_layerswap.suite.schema import Entry, Suite
+from mergekit_layerswap.suite.steps import Context, Step, run_local
 from mergekit_layerswap.suite.store import Store, digest, read_json, write_json
-from mergekit_layerswap.suite.tasks import Context, Step, run_local
 
 
 def _fingerprint(reference: str) -> str:
@@ -91,7 +91,7 @@ def preflight(
     return fingerprints, task_set
 
 
-def plan(
+def pending_steps(
     store: Store,
     settings: EvalSettings,
     task_set: TaskSet,
@@ -184,11 +184,15 @@ def run_suite(
     for dropped, kept in suite.duplicates.items():
         print(f"{dropped}: the same configuration as {kept}, scored once", flush=True)
     if dry_run:
-        print("\n".join(describe(plan(store, settings, task_set, entries, fingerprints, force))))
+        print(
+            "\n".join(
+                describe(pending_steps(store, settings, task_set, entries, fingerprints, force))
+            )
+        )
         return []
     with store.lock():
         store.cache_dir()  # RunError, before any work, if it is a link out of OUT_DIR
-        steps = plan(store, settings, task_set, entries, fingerprints, force)
+        steps = pending_steps(store, settings, task_set, entries, fingerprints, force)
         pushed = frozenset(suite.push.merges if suite.push else ())
         context = Context(store, settings, task_set, cuda, suite.keep_weights, pushed)
         if where.kind == "ray":

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from mergekit_layerswap import card, merge, validate
 from mergekit_layerswap.evaluate.columns import TaskSet
 from mergekit_layerswap.evaluate.settings import EvalSettings
+from mergekit_layerswap.suite.in_memory import InMemorySweep
 from mergekit_layerswap.suite.schema import Entry
 from mergekit_layerswap.suite.store import Store
-from mergekit_layerswap.suite.sweep import InMemorySweep
 
 
 @dataclass(frozen=True)

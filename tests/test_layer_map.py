@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mergekit_layerswap.plan import SliceSpec, compile_slices
+from mergekit_layerswap.layer_map import SliceSpec, compile_slices
 from mergekit_layerswap.swap import Claim, SwapConfig, plan_layers
 
 

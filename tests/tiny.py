@@ -1,4 +1,4 @@
-"""Tiny local models and tokenizers: the demo's and the tests' stand-ins for real checkpoints.
+"""Tiny local models and tokenizers: the tests' and benchmarks' stand-ins for real checkpoints.
 
 Nothing here downloads anything: tokenizers are trained with the `tokenizers` library on a
 small built-in corpus (byte-level, so every script and digit is representable) and models
