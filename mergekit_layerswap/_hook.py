@@ -1,45 +1,29 @@
 """Imported at interpreter start-up by `mergekit_layerswap.pth`; must stay tiny.
 
-mergekit 0.1.5 has no plugin discovery. This installs an import hook that waits for
-mergekit's own modules: right after `mergekit.merge_methods` finishes importing it imports
-`mergekit_layerswap.method` (which registers `layer_swap`), and right after `mergekit.config`,
-`mergekit.plan` and `mergekit.merge` it applies the matching patch of `patches`. Nothing (not
-torch, not mergekit) is imported until a program imports mergekit itself.
+mergekit 0.1.5 has no plugin discovery. This installs an import hook that waits for a
+program's first import of a mergekit module to finish, with no mergekit or
+mergekit_layerswap module still importing (so none is half-initialised), and then calls
+`mergekit_layerswap.plugin.install()` once, which registers `layer_swap` and applies the
+patches. Nothing (not torch, not mergekit)
+is imported until a program imports mergekit itself, and nothing raises into that import.
 """
 
-import importlib
 import sys
+import threading
+import warnings
+
+_WATCHED = ("mergekit.", "mergekit_layerswap.")
 
 
-def _patch(*names: str):
-    def callback(module) -> None:
-        patches = importlib.import_module("mergekit_layerswap.patches")
-        for name in names:
-            getattr(patches, name)(module)
+class _AfterMergekit:
+    """A meta path finder that calls `install()` once a top-level mergekit import is done."""
 
-    return callback
-
-
-def _register(_module) -> None:
-    # a no-op when our method module is itself the one importing mergekit: it registers
-    # the method on its last line
-    importlib.import_module("mergekit_layerswap.method")
-
-
-_WATCHED = {
-    "mergekit.merge_methods": _register,
-    "mergekit.config": _patch("guard_config"),
-    "mergekit.plan": _patch("guard_planner"),
-    "mergekit.merge": _patch("guard_card", "quiet_dtype"),
-}
-
-
-class _AfterImport:
-    """A meta path finder that runs a callback once a watched module has executed."""
+    def __init__(self) -> None:
+        self.depth = threading.local()
+        self.seen = False  # a mergekit module was imported
 
     def find_spec(self, name, path=None, target=None):
-        callback = _WATCHED.get(name)
-        if callback is None:
+        if not name.startswith(_WATCHED) or self not in sys.meta_path:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -52,21 +36,39 @@ class _AfterImport:
         execute = spec.loader.exec_module
 
         def exec_module(module):
-            execute(module)
-            del _WATCHED[name]
-            callback(module)
+            depth = getattr(self.depth, "value", 0)
+            self.depth.value = depth + 1
+            try:
+                execute(module)
+            finally:
+                self.depth.value = depth
+            self.seen = self.seen or name.startswith("mergekit.")
+            if depth == 0 and self.seen:
+                # what importlib does once this returns, done first, so that install()
+                # finds the module complete and bound to its parent
+                module.__spec__._initializing = False
+                parent, _, child = name.rpartition(".")
+                setattr(sys.modules[parent], child, module)
+                self.install()
 
         spec.loader.exec_module = exec_module
         return spec
 
+    def install(self) -> None:
+        if self not in sys.meta_path:
+            return
+        sys.meta_path.remove(self)
+        try:
+            from mergekit_layerswap import plugin
 
-def install() -> None:
-    """Install the hook once, or run the callbacks now for modules already imported."""
-    for name in list(_WATCHED):
-        if name in sys.modules:
-            _WATCHED.pop(name)(sys.modules[name])
-    if _WATCHED and not any(isinstance(f, _AfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport())
+            plugin.install()
+        except Exception as error:  # never break an import of mergekit
+            warnings.warn(f"mergekit-layerswap: not installed ({error})", stacklevel=2)
 
 
-install()
+if "mergekit.merge" in sys.modules:  # imported late, after mergekit (e.g. `python -S` + site)
+    from mergekit_layerswap import plugin
+
+    plugin.install()
+elif not any(isinstance(finder, _AfterMergekit) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _AfterMergekit())

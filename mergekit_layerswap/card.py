@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from mergekit_layerswap import checkpoint, swap, validate
+from mergekit_layerswap import checkpoint, swap, swap_rule, validate
 from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
 from mergekit_layerswap.errors import InputError, first_line
 from mergekit_layerswap.evaluate.identity import fingerprint_dir
@@ -22,7 +22,7 @@ from mergekit_layerswap.evaluate.mgsm import HEADLINE_FILTER, HUB_DATASET
 from mergekit_layerswap.evaluate.results import EvalResults, LanguageResult, ModelResult
 from mergekit_layerswap.evaluate.settings import eval_command
 from mergekit_layerswap.files import write_atomic
-from mergekit_layerswap.layer_map import compile_slices
+from mergekit_layerswap.layer_map import runs
 
 PAPER = "https://arxiv.org/abs/2410.01335"
 CITATION = """@inproceedings{bandarkar2025layerswapping,
@@ -56,7 +56,7 @@ def _share(weights: dict, host: str) -> str:
 
 def layer_map(config: swap.SwapConfig, num_layers: int) -> list[tuple[str, str]]:
     """(layers, source) rows: runs of layers with the same sources, plus embeddings/head."""
-    slices = compile_slices(config, num_layers)
+    slices = runs(config, num_layers)
     rows = [("embeddings", _share(slices[0].weights, config.host))]
     for spec in slices[1:-1]:
         span = f"{spec.start}" if spec.end - spec.start == 1 else f"{spec.start}–{spec.end - 1}"
@@ -193,7 +193,7 @@ def render(
     model_dir: Path | None = None,
 ) -> str:
     """The card of a layer_swap merge (`raw` = its mergekit config, as loaded)."""
-    config = validate.swap_config(raw)
+    config = swap.SwapConfig.from_mergekit(raw)
     scored = _model_result(results, model_dir)
     data = _front_matter(name, raw, results, scored)
     body = [
@@ -269,12 +269,12 @@ def _swap_problems(raw: dict, num_layers: int) -> list[str]:
     ):
         return ["expected `base_model: MODEL` and `models:` a list of `- model: MODEL`"]
     try:
-        config = validate.swap_config(raw)
+        config = swap.SwapConfig.from_mergekit(raw)
     except ValidationError as error:
         return [f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()]
     except TypeError as error:  # `parameters: 5`
         return [f"parameters must be mappings of names to values ({first_line(error)})"]
-    return [problem.message for problem in swap.problems(config, num_layers)]
+    return [problem.message for problem in swap_rule.problems(config, num_layers)]
 
 
 def write_card(model_dir: str | Path, results: EvalResults | None = None) -> Path:

@@ -1,12 +1,8 @@
-"""Compile a swap into runs of layers that read only the models they use.
+"""The swap as runs of consecutive layers with the same sources, and as text.
 
-mergekit's `models:` form gathers every input model's tensor for every output tensor, so a
-swap would read both experts in full. `compile_slices` groups consecutive layers with the
-same source weights into one slice whose sources are exactly those models; mergekit then
-reads, for each output tensor, only what it needs. Zero-length first and last slices carry
-the sources of the embeddings and of the final norm / head (mergekit takes those from the
-first and the last slice). `text_map` prints the same runs as `validate` shows them. Pure
-Python: mergekit glue lives in `patches.py`.
+`runs` groups the layers of a swap by their sources and weights, with zero-length first and
+last runs for the embeddings and for the final norm and head; `text_map` prints them as
+`validate` shows them, and the model card's layer table is built from them. Pure Python.
 """
 
 from __future__ import annotations
@@ -14,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from mergekit_layerswap import swap
+from mergekit_layerswap import swap, swap_rule
 
 
 @dataclass(frozen=True)
-class SliceSpec:
+class Run:
     """Layers [start, end) taking `weights` ({source: weight}, weights > 0)."""
 
     start: int
@@ -26,18 +22,18 @@ class SliceSpec:
     weights: dict
 
 
-def compile_slices(config: swap.SwapConfig, num_layers: int) -> list[SliceSpec]:
-    """The minimal-read slices of a valid swap, including the two zero-length outer ones."""
-    layers = swap.plan_layers(config, num_layers)
-    runs: list[SliceSpec] = []
+def runs(config: swap.SwapConfig, num_layers: int) -> list[Run]:
+    """The runs of a valid swap, including the two zero-length outer ones."""
+    layers = swap_rule.plan_layers(config, num_layers)
+    found: list[Run] = []
     for index, weights in enumerate(layers):
-        if runs and runs[-1].weights == dict(weights):
-            runs[-1] = SliceSpec(runs[-1].start, index + 1, runs[-1].weights)
+        if found and found[-1].weights == dict(weights):
+            found[-1] = Run(found[-1].start, index + 1, found[-1].weights)
         else:
-            runs.append(SliceSpec(index, index + 1, dict(weights)))
-    pre = SliceSpec(0, 0, dict(swap.outer_weights("pre", num_layers, config)))
-    post = SliceSpec(num_layers, num_layers, dict(swap.outer_weights("post", num_layers, config)))
-    return [pre, *runs, post]
+            found.append(Run(index, index + 1, dict(weights)))
+    pre = Run(0, 0, dict(swap_rule.outer_weights("pre", num_layers, config)))
+    post = Run(num_layers, num_layers, dict(swap_rule.outer_weights("post", num_layers, config)))
+    return [pre, *found, post]
 
 
 _FRACTIONS = {(1, 2): "½", (1, 3): "⅓", (2, 3): "⅔", (1, 4): "¼", (3, 4): "¾"}
@@ -59,7 +55,7 @@ def text_map(config: swap.SwapConfig, num_layers: int, symbols: dict) -> list[st
     """The swap as compact text lines, one per run of layers with the same sources (the
     embeddings and the final norm + head first and last); `symbols` names each source,
     e.g. {host: "H", donor: "D"}. Runs longer than 5 layers are elided (``H H H … H``)."""
-    slices = compile_slices(config, num_layers)
+    slices = runs(config, num_layers)
     lines = [f"{'embeddings':<11} {_share(slices[0].weights, symbols)}"]
     for spec in slices[1:-1]:
         count = spec.end - spec.start

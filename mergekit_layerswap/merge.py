@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from mergekit_layerswap import adapters, checkpoint, complete, mergekit_schema, validate
+from mergekit_layerswap import card as layer_card
 from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
 from mergekit_layerswap.errors import InputError, RunError
 
@@ -85,13 +86,19 @@ def check_output(out_path: str | Path) -> Path:
     return out
 
 
-def config_problems(raw: dict) -> list[str]:
-    """Every problem of a config, one line each: for layer_swap, `validate.check`; for any
-    method, the fields mergekit's own schema refuses (`mergekit_schema`; imports torch) and
-    LoRA adapters that do not fit their models (`adapters`)."""
+def review(raw: dict) -> tuple[validate.CheckedSwap | None, list[str]]:
+    """The check of a config: for layer_swap, its checked swap (None if invalid) and every
+    problem (`validate.merge_check`); for any other method, None and the fields mergekit's
+    own schema refuses (`mergekit_schema`; imports torch) and LoRA adapters that do not fit
+    their models (`adapters`)."""
     if raw.get("merge_method") == validate.METHOD:
-        return validate.check(raw) or mergekit_schema.refused(raw)
-    return mergekit_schema.check(raw) + adapters.problems(raw)
+        return validate.merge_check(raw)
+    return None, mergekit_schema.check(raw) + adapters.problems(raw)
+
+
+def config_problems(raw: dict) -> list[str]:
+    """Every problem of a config, one line each (`review`)."""
+    return review(raw)[1]
 
 
 def _tokenizer_problems(raw: dict) -> list[str]:
@@ -113,10 +120,13 @@ def _tokenizer_problems(raw: dict) -> list[str]:
     return problems
 
 
-def check(raw: dict, out_path: str | Path, options: MergeOptions | None = None) -> Path:
-    """The output folder, once config, output path and options are valid (InputError lists
-    every problem of all three)."""
-    problems = config_problems(raw) + _tokenizer_problems(raw)
+def check(
+    raw: dict, out_path: str | Path, options: MergeOptions | None = None
+) -> tuple[Path, validate.CheckedSwap | None]:
+    """The output folder and (layer_swap) the checked swap, once config, output path and
+    options are valid (InputError lists every problem of all three)."""
+    checked, problems = review(raw)
+    problems += _tokenizer_problems(raw)
     try:
         out = check_output(out_path)
     except InputError as error:
@@ -128,7 +138,7 @@ def check(raw: dict, out_path: str | Path, options: MergeOptions | None = None) 
         )
     if problems:
         raise InputError(problems)
-    return out
+    return out, checked
 
 
 def _alive(pid: int) -> bool:
@@ -246,9 +256,10 @@ def _finish(
     source: str,
     logged: list[logging.LogRecord],
     card: bool,
+    checked: validate.CheckedSwap | None,
 ) -> None:
-    """Config, checks and (if `card`) the card on a merged `partial`; RunError if it is not
-    complete."""
+    """Config, checks and (if `card`) the card on a merged `partial` (ours for a `checked`
+    layer_swap, else mergekit's); RunError if it is not complete."""
     import mergekit.merge
 
     shutil.rmtree(partial / LORA_CACHE, ignore_errors=True)
@@ -262,8 +273,11 @@ def _finish(
         raise RunError(f"mergekit: {what} ({error}); nothing was written")
     for record in logged:  # a donor without a tokenizer: mergekit's own error, as before
         logging.getLogger(record.name).handle(record)
-    # the hooked generate_card: ours for layer_swap, mergekit's for other methods
-    if card:
+    if card and checked is not None:
+        raw = yaml.safe_load(source)
+        text = layer_card.render(raw, source, name=out.name, num_layers=checked.num_layers)
+        (partial / CARD_FILE).write_text(text, encoding="utf-8")
+    elif card:
         text = mergekit.merge.generate_card(config=config, config_yaml=source, name=out.name)
         (partial / CARD_FILE).write_text(text, encoding="utf-8")
     (partial / CONFIG_FILE).write_text(source, encoding="utf-8")
@@ -311,13 +325,19 @@ def run(
     `metadata`, if given, is written to METADATA_FILE inside the folder before it appears.
     The saved mergekit_config.yml says how plain `mergekit-yaml` reproduces the merge.
     """
-    out = check(raw, out_path, options)
+    out, checked = check(raw, out_path, options)
 
     import mergekit.merge
     from mergekit.config import MergeConfiguration
     from mergekit.options import MergeOptions
 
-    config = MergeConfiguration.model_validate(raw)
+    from mergekit_layerswap import plugin
+
+    plugin.install()
+    if checked is None:
+        config = MergeConfiguration.model_validate(raw)
+    else:  # the planner takes this check rather than making its own
+        config = plugin.configuration(raw, checked)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out)
     partial = partial_path(out)
@@ -334,7 +354,7 @@ def run(
     try:
         with _held_errors(mergekit.merge.__name__) as logged:
             mergekit.merge.run_merge(config, str(partial), options=options, config_source=source)
-        _finish(partial, out, config, options, source, logged, card)
+        _finish(partial, out, config, options, source, logged, card, checked)
         if metadata is not None:
             (partial / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
         if partial.parent == out:

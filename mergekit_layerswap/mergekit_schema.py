@@ -164,7 +164,7 @@ def refused(raw: dict) -> list[str]:
     mergekit.config, and so torch)."""
     from mergekit.config import MergeConfiguration
 
-    try:  # the validator itself: model_validate may be wrapped by patches.guard_config
+    try:  # the validator itself: model_validate may be wrapped by plugin._checked_config
         MergeConfiguration.__pydantic_validator__.validate_python(raw)
     except ValidationError as error:
         return lines(raw, error)

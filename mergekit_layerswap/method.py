@@ -1,19 +1,17 @@
 """`layer_swap` as a mergekit merge method: one declarative spec, one small function.
 
-The host is the `base_model`; the swap parameters (`swap.Claim`'s per donor, `swap.SwapConfig`'s
-for the whole merge) become the kernel's mergekit parameters. Per output tensor the kernel asks
-the swap rule (`swap.tensor_weights`) which sources it takes: a single source is returned as is
-(bit for bit), a transition layer is blended in float32 and cast back to the inputs' dtype.
-Importing this module registers the method with mergekit (the import hook does so as soon as
-mergekit's `merge_methods` is imported).
+The host is the `base_model`; the kernel's parameters are the swap's (`swap.Claim`'s per
+donor, `swap.SwapConfig`'s for the whole merge; written out below and pinned to those fields
+by tests/test_registration.py). Per output tensor the kernel asks the swap rule
+(`swap_rule.tensor_weights`) which sources it takes: a single source is returned as is (bit
+for bit), a transition layer is blended in float32 and cast back to the inputs' dtype.
+`plugin.install()` registers `layer_swap` with mergekit's public `register`.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import warnings
-from collections.abc import Callable
+from typing import Literal
 
 import torch
 from mergekit.common import ModelReference
@@ -23,13 +21,12 @@ from mergekit.merge_methods import (
     PerNonBase,
     TensorGroup,
     merge_method,
-    register,
 )
 from mergekit.merge_methods.base import FunctionalGroupMergeMethod
-from pydantic import PositiveInt
+from pydantic import NonNegativeInt, PositiveInt
 
-from mergekit_layerswap import checkpoint, swap
-from mergekit_layerswap.validate import METHOD
+from mergekit_layerswap import checkpoint, swap, swap_rule
+from mergekit_layerswap.swap import METHOD
 
 PAPER_URL = "https://arxiv.org/abs/2410.01335"
 
@@ -45,29 +42,6 @@ def combine(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     return blend.to(tensors[0].dtype)
 
 
-def _with_swap_parameters(kernel: Callable) -> Callable:
-    """Give `kernel(group, **parameters)` the signature mergekit reads a method's parameters
-    from: the swap parameters as declared in `swap` (per donor: `PerNonBase`), plus
-    `num_layers` (in-memory merges) and `slice_weights` (compiled slices)."""
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    parameters = [inspect.Parameter("group", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    annotations: dict = {"group": TensorGroup, "return": torch.Tensor}
-    declared = [(swap.donor_parameters(), PerNonBase), (swap.shared_parameters(), None)]
-    for fields, scope in declared:
-        for name, info in fields.items():
-            annotation = info.rebuild_annotation()
-            annotations[name] = scope[annotation] if scope else annotation
-            parameters.append(inspect.Parameter(name, keyword, default=info.default))
-    annotations |= {"num_layers": PositiveInt | None, "slice_weights": str}
-    parameters += [
-        inspect.Parameter("num_layers", keyword, default=None),
-        inspect.Parameter("slice_weights", keyword, default=""),
-    ]
-    kernel.__signature__ = inspect.Signature(parameters)
-    kernel.__annotations__ = annotations
-    return kernel
-
-
 def _layer_count(group: TensorGroup, num_layers: int | None) -> int:
     if num_layers is not None:
         return num_layers
@@ -80,25 +54,21 @@ def _layer_count(group: TensorGroup, num_layers: int | None) -> int:
 
 
 def _rule_weights(group: TensorGroup, num_layers: int | None, parameters: dict) -> dict:
-    """{input id: weight} for this tensor, from the swap rule and the per-donor claims.
-    When no donor claims anything (e.g. a generic call with default parameters, as
-    mergekit's own tests make), the host is returned unchanged, with a warning; mergekit
-    configs never get here that way (validation refuses a donor that claims nothing)."""
-    per_donor = {name: parameters.pop(name) for name in swap.donor_parameters()}
-    claims = tuple(
-        swap.Claim(e.id, **{name: values[e.id] for name, values in per_donor.items()})
-        for e in group.non_base
-    )
-    if all(claim.claims_nothing for claim in claims):
+    """{input id: weight} for this tensor, from the swap rule. When no donor claims anything
+    (e.g. a generic call with default parameters, as mergekit's own tests make), the host is
+    returned unchanged, with a warning; mergekit configs never get here that way (validation
+    refuses a donor that claims nothing)."""
+    donors = [entry.id for entry in group.non_base]
+    config = swap.SwapConfig.from_parameters(group.base.id, donors, parameters)
+    if all(claim.claims_nothing for claim in config.claims):
         warnings.warn(
             "layer_swap: no donor claims any layer (bottom, top and layers are unset); "
             "the result is the base model unchanged",
             stacklevel=2,
         )
         return {group.base.id: 1.0}
-    config = swap.SwapConfig(group.base.id, claims, **parameters)
     position = checkpoint.tensor_position(group.metadata.name or "")
-    return dict(swap.tensor_weights(position, _layer_count(group, num_layers), config))
+    return dict(swap_rule.tensor_weights(position, _layer_count(group, num_layers), config))
 
 
 @merge_method(
@@ -108,13 +78,21 @@ def _rule_weights(group: TensorGroup, num_layers: int | None, parameters: dict) 
     contract=InputContract(base=BasePolicy.REQUIRED),
     uses_accelerator=False,
 )
-@_with_swap_parameters
-def _kernel(group, *, num_layers=None, slice_weights="", **parameters):
-    if slice_weights:  # a slice compiled by patches.compile_config: its sources are its weights
-        by_name = {str(e.id): e.id for e in group.entries}
-        weights = {by_name[name]: w for name, w in json.loads(slice_weights).items()}
-    else:
-        weights = _rule_weights(group, num_layers, parameters)
+def _kernel(
+    group: TensorGroup,
+    *,
+    bottom: PerNonBase[NonNegativeInt] = 0,
+    top: PerNonBase[NonNegativeInt] = 0,
+    layers: PerNonBase[str] = "",
+    transition: NonNegativeInt = 0,
+    embed_source: Literal["auto", "base"] = "auto",
+    head_source: Literal["auto", "base"] = "auto",
+    num_layers: PositiveInt | None = None,
+) -> torch.Tensor:
+    """`num_layers`: only for in-memory merges (configs take it from the host's config.json)."""
+    parameters = {"bottom": bottom, "top": top, "layers": layers, "transition": transition}
+    parameters |= {"embed_source": embed_source, "head_source": head_source}
+    weights = _rule_weights(group, num_layers, parameters)
     tensors = {e.id: e.tensor for e in group.entries}
     return combine([tensors[source] for source in weights], list(weights.values()))
 
@@ -133,11 +111,9 @@ class LayerSwapMethod(FunctionalGroupMergeMethod):
         if isinstance(num_layers, int) and present and present[-1] + 1 != num_layers:
             raise ValueError(
                 f"layer_swap: num_layers={num_layers}, but the state dicts hold layers "
-                f"{swap.format_ranges(present)}; pass num_layers={present[-1] + 1}"
+                f"{swap_rule.format_ranges(present)}; pass num_layers={present[-1] + 1}"
             )
         return super().__call__(groups, parameters=parameters, **options)
 
 
 layer_swap = LayerSwapMethod(_kernel.spec, _kernel.implementation)
-
-register(layer_swap)  # the one registration: the import hook imports this module with mergekit

@@ -13,6 +13,7 @@ complete. No torch here.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import os
@@ -36,30 +37,39 @@ _BINARY = getattr(os, "O_BINARY", 0)  # Windows opens files in text mode otherwi
 PREFETCH = 1 << 30
 
 
-def read_bytes(item: Stored) -> bytearray:
-    """A stored tensor's bytes (a writable buffer, e.g. for torch.frombuffer)."""
+def _pread(handle: int, count: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(handle, count, offset)
+    os.lseek(handle, offset, os.SEEK_SET)  # Windows
+    return os.read(handle, count)
+
+
+def read_bytes(files: dict[str, int], item: Stored) -> bytearray:
+    """A stored tensor's bytes (a writable buffer, e.g. for torch.frombuffer), read through
+    the writer's one descriptor of its file (`files`: path -> descriptor)."""
+    handle = _handle(files, item.path)
     data = bytearray(item.end - item.start)
-    view, done = memoryview(data), 0
-    with open(item.path, "rb", buffering=0) as handle:
-        handle.seek(item.start)
-        while done < len(data):
-            count = handle.readinto(view[done:])
-            if not count:
-                raise OSError(errno.EIO, f"{item.path}: unexpected end of file")
-            done += count
+    done = 0
+    while done < len(data):
+        chunk = _pread(handle, len(data) - done, item.start + done)
+        if not chunk:
+            raise OSError(errno.EIO, f"{item.path}: unexpected end of file")
+        data[done : done + len(chunk)] = chunk
+        done += len(chunk)
     return data
 
 
 @dataclass(frozen=True)
 class OutputTensor:
-    """One tensor to write: copied from `source`, or computed by `compute()` (raw bytes
-    of `dtype`/`shape`, C order) from the stored tensors `reads` (read ahead of time)."""
+    """One tensor to write: copied from `source`, or computed by `compute(read)` (raw bytes
+    of `dtype`/`shape`, C order) from the stored tensors `reads` (read ahead of time;
+    `read(item)` returns one's bytes through the writer's open files)."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     source: Stored | None = None
-    compute: Callable[[], memoryview | bytes] | None = None
+    compute: Callable[[Callable[[Stored], bytearray]], memoryview | bytes] | None = None
     reads: tuple[Stored, ...] = ()
 
     @property
@@ -165,7 +175,7 @@ def _write_shard(path: Path, tensors: list[OutputTensor], files: dict, progress:
         os.write(target, header)
         for tensor in _prefetch(ordered, files):
             if tensor.source is None:
-                data = memoryview(tensor.compute()).cast("B")
+                data = memoryview(tensor.compute(functools.partial(read_bytes, files))).cast("B")
                 if len(data) != tensor.nbytes:
                     raise ValueError(
                         f"{tensor.name}: computed {len(data)} bytes, expected {tensor.nbytes}"

@@ -5,7 +5,7 @@ output tensors are byte copies of one input. `stream_rows` turns mergekit's plan
 into rows (each output tensor's stored sources, weights and dtypes) and `StreamSwap` writes
 them with `stream.write_model`: copies go from file to file in the kernel, transition tensors
 are blended with `method.combine`. The bytes equal those of mergekit's per-tensor tasks, which
-it replaces (see `patches.guard_planner`); where it cannot (`stream_rows` returns None),
+it replaces (see `plugin`); where it cannot (`stream_rows` returns None),
 mergekit's executor runs as usual.
 """
 
@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from importlib.metadata import version
 
 import torch
-from mergekit.common import dtype_from_name
+from mergekit.common import ModelReference, dtype_from_name
 from mergekit.graph import Task
 
-from mergekit_layerswap import checkpoint, stream, swap
+from mergekit_layerswap import checkpoint, stream, swap_rule
 from mergekit_layerswap.method import combine
+from mergekit_layerswap.validate import CheckedSwap
 
 #: Set to 0 to run layer_swap through mergekit's per-tensor executor instead of StreamSwap.
 STREAM_ENV = "MERGEKIT_LAYERSWAP_STREAM"
@@ -44,7 +45,7 @@ class _Row:
 class StreamSwap(Task[None]):
     """A whole layer swap as one mergekit task: copied tensors go from file to file in the
     kernel, transition tensors are blended with `combine`; the bytes equal those of
-    mergekit's per-tensor tasks, which it replaces (see `guard_planner`)."""
+    mergekit's per-tensor tasks, which it replaces (see `plugin`)."""
 
     out_path: str
     tensors: tuple[_Row, ...]
@@ -75,10 +76,10 @@ def _output_tensor(row: _Row) -> stream.OutputTensor:
     if len(stored) == 1 and stored[0].dtype == dtype and load in (None, dtype):
         return stream.OutputTensor(name, dtype, stored[0].shape, source=stored[0])
 
-    def compute() -> memoryview:
+    def compute(read) -> memoryview:
         tensors = []
         for item in stored:
-            raw = stream.read_bytes(item)
+            raw = read(item)
             tensor = torch.frombuffer(raw, dtype=_TORCH_DTYPES[item.dtype]).reshape(item.shape)
             tensors.append(tensor.to(_TORCH_DTYPES[load]) if load else tensor)
         aligned = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
@@ -88,47 +89,59 @@ def _output_tensor(row: _Row) -> stream.OutputTensor:
     return stream.OutputTensor(name, dtype, stored[0].shape, compute=compute, reads=tuple(stored))
 
 
-def stream_rows(planner, tasks: list) -> tuple[_Row, ...] | None:
-    """The planned merge as StreamSwap rows, or None where mergekit's executor must run
-    it (tokenizer or vocabulary work, LoRA, pickles, multi-GPU, names the loader resolves
-    through aliases or tied weights, non-float tensors, the opt-out variable)."""
-    from mergekit.io.tasks import FinalizeModel, LoaderCache, SaveTensor
+def _stored(
+    swap: CheckedSwap, name: str, reference: ModelReference
+) -> dict[str, stream.Stored] | None:
+    """A model's stored tensors: the headers its check read (a local safetensors model), else
+    those of the files mergekit's loader found (a Hub download); None for pickled weights."""
+    from mergekit.io.tasks import LoaderCache
 
-    plan, references = getattr(planner, "_layerswap", (None, {}))
-    options, config = planner.options, planner.config
+    found = swap.tensors.get(name)
+    if found is not None and checkpoint.looks_local(checkpoint.split_reference(name)[0]):
+        return found
+    index = LoaderCache().get(reference).index
+    if not index.is_safetensors:
+        return None
+    shards = {
+        shard: stream.read_header(os.path.join(index.base_path, shard))
+        for shard in set(index.tensor_paths.values())
+    }
+    return {tensor: shards[shard][tensor] for tensor, shard in index.tensor_paths.items()}
+
+
+def stream_rows(
+    swap: CheckedSwap, references: dict[str, ModelReference], tasks: list, options, config
+) -> tuple[_Row, ...] | None:
+    """mergekit's planned save tasks of a checked swap as StreamSwap rows, or None where
+    mergekit's executor must run them (tokenizer or vocabulary work, LoRA, pickles,
+    multi-GPU, names the loader resolves through aliases or tied weights, non-float
+    tensors, the opt-out variable). `references`: each model's mergekit reference by name."""
+    from mergekit.io.tasks import FinalizeModel, SaveTensor
+
     if (
-        plan is None
-        or os.environ.get(STREAM_ENV, "1") == "0"
+        os.environ.get(STREAM_ENV, "1") == "0"
         or not options.safe_serialization
         or options.multi_gpu
         or options.read_to_gpu
         or options.unsafe_truncate_embeddings
         or not all(isinstance(task, (SaveTensor, FinalizeModel)) for task in tasks)
+        or any(ref.lora for ref in references.values())
     ):
         return None
-    indexes = {name: LoaderCache().get(ref).index for name, ref in references.items()}
-    if any(ref.lora for ref in references.values()) or not all(
-        index.is_safetensors for index in indexes.values()
-    ):
+    stored = {name: _stored(swap, name, ref) for name, ref in references.items()}
+    if any(found is None for found in stored.values()):
         return None
     load = _ST_DTYPES.get(dtype_from_name(config.dtype)) if config.dtype else None
     if config.dtype and load is None:
         return None
-    headers: dict[str, dict[str, stream.Stored]] = {}
     rows = []
     for save in (task for task in tasks if isinstance(task, SaveTensor)):
         position = checkpoint.tensor_position(save.tensor_name)
-        weights = swap.tensor_weights(position, plan.num_layers, plan.swap)
+        weights = swap_rule.tensor_weights(position, swap.num_layers, swap.swap)
         parts = []
         for model, weight in weights.items():
-            shard = indexes[model].tensor_paths.get(save.tensor_name)
-            if shard is None:
-                return None
-            path = os.path.join(indexes[model].base_path, shard)
-            if path not in headers:
-                headers[path] = stream.read_header(path)
-            item = headers[path][save.tensor_name]
-            if item.dtype not in _TORCH_DTYPES:
+            item = stored[model].get(save.tensor_name)
+            if item is None or item.dtype not in _TORCH_DTYPES:
                 return None
             parts.append((item, weight))
         loaded = [_TORCH_DTYPES[load or item.dtype] for item, _ in parts]

@@ -25,10 +25,10 @@ from mergekit_layerswap import (
     mergekit_schema,
     overrides,
     swap,
+    swap_rule,
 )
 from mergekit_layerswap.errors import InputError, did_you_mean
-
-METHOD = "layer_swap"
+from mergekit_layerswap.swap import METHOD, reference
 
 #: Top-level keys of mergekit 0.1.5's MergeConfiguration (pinned by a test).
 MERGEKIT_KEYS = frozenset(
@@ -50,13 +50,15 @@ MERGEKIT_KEYS = frozenset(
 
 @dataclass(frozen=True)
 class CheckedSwap:
-    """A checked configuration: the host, the swap rule's config, the layer count and the
-    host's mergekit architecture name."""
+    """A checked configuration: the host, the swap rule's config, the layer count, the
+    host's mergekit architecture name, and each model's stored tensors as its check read
+    them (None: pickled weights), which the merge uses instead of reading them again."""
 
     host: str
     swap: swap.SwapConfig
     num_layers: int
     architecture: str
+    tensors: dict[str, dict[str, checkpoint.Stored] | None]
     notes: tuple[str, ...] = ()  # donor config fields that differ but change no layer
 
 
@@ -79,19 +81,6 @@ def load(path: str | Path, changes: Sequence[str] = ()) -> dict:
     if not isinstance(raw, dict):
         raise InputError([f"{path}: expected a YAML mapping (keys such as models, ...)"])
     return overrides.apply(raw, changes) if changes else raw
-
-
-def reference(value: Any) -> str | None:
-    """A model entry as mergekit's string form ``path[@rev][+lora]`` (None if malformed:
-    mergekit takes a mapping only with a `model` key, one `+` and one `@` per part)."""
-    if isinstance(value, dict):
-        value = value.get("model")
-        if isinstance(value, dict):
-            path, revision = value.get("path"), value.get("revision")
-            value = f"{path}@{revision}" if isinstance(path, str) and revision else path
-    if not isinstance(value, str) or not value.strip() or value.count("+") > 1:
-        return None
-    return None if any(part.count("@") > 1 for part in value.split("+")) else value
 
 
 def _parameters(
@@ -232,7 +221,7 @@ def review(raw: dict) -> tuple[CheckedSwap | None, list[str]]:
 
     config = dataclasses.replace(shared, claims=tuple(claims))
     num_layers = infos[host].num_layers
-    for problem in swap.problems(config, num_layers):
+    for problem in swap_rule.problems(config, num_layers):
         if problem.field == "transition":
             field = "parameters.transition"
         elif problem.donor in fields:
@@ -244,7 +233,7 @@ def review(raw: dict) -> tuple[CheckedSwap | None, list[str]]:
     problems += _tied_problems(config, num_layers, infos[host])
     if problems:
         return None, problems
-    plan = CheckedSwap(host, config, num_layers, infos[host].architecture, tuple(notes))
+    plan = CheckedSwap(host, config, num_layers, infos[host].architecture, tensors, tuple(notes))
     problems = _tensor_problems(plan, tensors, where)
     return (None if problems else plan), problems
 
@@ -308,7 +297,7 @@ def _tensor_problems(plan: CheckedSwap, tensors: dict, where: dict[str, str]) ->
     differ: dict[str, list[str]] = {}
     extra: dict[str, list[str]] = {}
     for place, names in places[plan.host].items():
-        for ref in swap.tensor_weights(place, plan.num_layers, plan.swap):
+        for ref in swap_rule.tensor_weights(place, plan.num_layers, plan.swap):
             if ref not in places:
                 continue
             extra.setdefault(ref, []).extend(sorted(set(places[ref][place]) - set(names)))
@@ -349,8 +338,8 @@ def _tied_problems(
     """A tied head is the embedding matrix: both must come from the same source."""
     if not host.tie_word_embeddings:
         return []
-    embed = swap.outer_weights("pre", num_layers, config)
-    head = swap.outer_weights("post", num_layers, config)
+    embed = swap_rule.outer_weights("pre", num_layers, config)
+    head = swap_rule.outer_weights("post", num_layers, config)
     if dict(embed) == dict(head):
         return []
     return [
@@ -361,27 +350,23 @@ def _tied_problems(
     ]
 
 
-def _describe(weights: swap.LayerWeights) -> str:
+def _describe(weights: swap_rule.LayerWeights) -> str:
     return " + ".join(
         f"{w:g}x {source}" if w != 1 else str(source) for source, w in weights.items()
     )
 
 
-def swap_config(raw: dict) -> swap.SwapConfig:
-    """The swap rule's configuration of a layer_swap config, reading no model (e.g. to
-    describe a finished merge). Assumes the config passed `check` when it was merged."""
-    host = reference(raw["base_model"])
-    claims = []
-    for entry in raw["models"]:
-        ref = reference(entry.get("model"))
-        if ref != host:
-            claims.append(swap.Claim(ref, **(entry.get("parameters") or {})))
-    return swap.SwapConfig(host, tuple(claims), **(raw.get("parameters") or {}))
-
-
 def check(raw: dict) -> list[str]:
     """Every problem with a loaded layer_swap config, one line each (empty if valid)."""
     return review(raw)[1]
+
+
+def merge_check(raw: dict) -> tuple[CheckedSwap | None, list[str]]:
+    """`review`, then, for a config that passes, what mergekit's own config model refuses
+    (`mergekit_schema.refused`; imports mergekit and torch): the check of a merge."""
+    checked, problems = review(raw)
+    problems = problems or mergekit_schema.refused(raw)
+    return (None if problems else checked), problems
 
 
 def checked(raw: dict) -> CheckedSwap:

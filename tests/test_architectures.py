@@ -258,9 +258,9 @@ def test_readme_lists_the_families_tested():
     assert table() in README.read_text(encoding="utf-8")
 
 
-def test_the_planner_reads_its_architecture_after_normalize_config():
-    """Pinned: `patches.guard_planner` replaces `MergePlanner.arch_info` in normalize_config,
-    before mergekit plans any tensor; mergekit must read it there, not copy it earlier."""
+def test_the_planner_reads_its_architecture_when_it_plans():
+    """Pinned: `plugin._streamed_plan` replaces `MergePlanner.arch_info` before calling
+    plan_to_disk; mergekit must read it while planning, not copy it earlier."""
     import inspect
 
     from mergekit.plan import MergePlanner

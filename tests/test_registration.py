@@ -28,26 +28,45 @@ def test_startup_imports_neither_torch_nor_mergekit():
     assert out == "False False True"
 
 
-def test_importing_mergekit_registers_layer_swap_and_the_config_check():
-    out = run_python(
-        "import mergekit.merge_methods as mm, mergekit.plan as plan\n"
-        "m = mm.get('layer_swap')\n"
-        "print(m.spec.name, m.spec.contract.base.value, "
-        "plan.MergePlanner.normalize_config.layerswap)"
-    )
-    assert out == "layer_swap required True"
+PATCHED = (
+    "mergekit.config.MergeConfiguration.model_validate.__func__",
+    "mergekit.plan.MergePlanner.plan_to_disk",
+    "mergekit.merge.run_merge",
+    "mergekit.merge.generate_card",
+    "mergekit.merge._model_out_config",
+)
 
 
-def test_importing_our_method_module_first_installs_every_hook():
-    """`import mergekit_layerswap.method` imports mergekit itself; the hook's callbacks that
-    fire meanwhile run once the module is complete (no circular import)."""
-    out = run_python(
-        "import mergekit_layerswap.method as ours\n"
-        "import mergekit.merge, mergekit.merge_methods as mm, mergekit.plan as plan\n"
-        "print(mm.get('layer_swap') is ours.layer_swap, "
-        "plan.MergePlanner.normalize_config.layerswap, mergekit.merge.generate_card.layerswap)"
+@pytest.mark.parametrize(
+    "first",
+    [
+        "mergekit.common",
+        "mergekit.config",
+        "mergekit.merge_methods",
+        "mergekit.plan",
+        "mergekit.scripts.run_yaml",
+        "mergekit_layerswap.method",
+        "mergekit_layerswap.stream_swap",
+    ],
+)
+def test_whichever_module_is_imported_first_layer_swap_is_registered_and_patched(first):
+    """The hook installs once the first import of mergekit is complete: whichever module
+    a program (or our own module) imports first, no circular import, no warning."""
+    flags = ", ".join(f"{patched}.layerswap" for patched in PATCHED)
+    code = (
+        f"import {first}\n"
+        "import mergekit.config, mergekit.merge, mergekit.plan\n"
+        "from mergekit.merge_methods import get\n"
+        f"print(get('layer_swap').spec.contract.base.value, {flags})"
     )
-    assert out == "True True True"
+    result = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and not result.stderr, result.stderr[-2000:]
+    assert result.stdout.split() == ["required"] + ["True"] * len(PATCHED)
 
 
 def test_mergekit_config_keys_are_pinned():
@@ -60,14 +79,17 @@ def test_mergekit_config_keys_are_pinned():
 
 
 def test_planner_hook_point_is_pinned():
-    """The config check wraps MergePlanner.normalize_config, which _plan must call first."""
+    """`plugin._streamed_plan` sets the planner's architecture, then calls plan_to_disk, which
+    must plan (`_plan`: normalize_config, then every module) before reading any task."""
     import inspect
 
     from mergekit.plan import MergePlanner
 
-    source = inspect.getsource(MergePlanner._plan)
-    assert source.index("self.normalize_config()") < source.index("self.plan_module(")
-    assert MergePlanner.normalize_config.layerswap
+    source = inspect.getsource(MergePlanner.plan_to_disk)
+    assert source.index("self._plan()") < source.index("self._tensors")
+    plan = inspect.getsource(MergePlanner._plan)
+    assert plan.index("self.normalize_config()") < plan.index("self.plan_module(")
+    assert MergePlanner.plan_to_disk.layerswap
 
 
 def test_help_and_validate_do_not_import_torch(make_model, tmp_path):
@@ -153,7 +175,9 @@ def test_in_memory_num_layers_must_match_the_state_dicts():
     import torch
     from mergekit.merge_methods import merge_state_dicts
 
-    import mergekit_layerswap.method  # noqa: F401  (registers layer_swap)
+    from mergekit_layerswap import plugin
+
+    plugin.install()  # registers layer_swap
 
     def state(value: float) -> dict:
         return {f"model.layers.{i}.mlp.weight": torch.full((2,), value) for i in range(8)}
@@ -232,21 +256,46 @@ def test_stock_mergekit_yaml_reports_bad_yaml_shapes_in_one_line(make_model, tmp
     assert not (tmp_path / "out").exists()
 
 
-def test_patches_are_written_for_the_pinned_mergekit_and_refuse_a_moved_function():
-    """Each patch names the mergekit function it wraps; one that is missing (a mergekit that
-    moved it) is refused with the version the patches were written for, never skipped."""
+def test_a_moved_or_changed_target_is_left_alone_with_one_warning():
+    """A mergekit in which a wrapped function is missing or takes other parameters is not
+    patched there: one warning naming the mergekit version we support, nothing raised."""
     import types
     from importlib.metadata import requires, version
 
-    from mergekit_layerswap import patches
+    from mergekit_layerswap import plugin
 
-    assert f"mergekit=={patches.MERGEKIT_VERSION}" in requires("mergekit-layerswap")
-    assert version("mergekit") == patches.MERGEKIT_VERSION
+    assert f"mergekit=={plugin.MERGEKIT_VERSION}" in requires("mergekit-layerswap")
+    assert version("mergekit") == plugin.MERGEKIT_VERSION
     moved = types.SimpleNamespace(__name__="mergekit.merge")
-    with pytest.raises(RuntimeError, match=f"install mergekit=={patches.MERGEKIT_VERSION}"):
-        patches.guard_card(moved)
+    with pytest.warns(RuntimeWarning, match=f"mergekit=={plugin.MERGEKIT_VERSION}") as caught:
+        plugin._our_card(moved)
+    assert len(caught) == 1 and "generate_card is missing" in str(caught[0].message)
+    changed = types.SimpleNamespace(__name__="mergekit.merge", generate_card=lambda cfg: "")
+    with pytest.warns(RuntimeWarning, match="takes"):
+        plugin._our_card(changed)
+    assert changed.generate_card(None) == ""
     calls = []
-    owner = types.SimpleNamespace(__name__="owner", f=lambda: "original")
-    patches._wrap(owner, "f", lambda original: calls.append(original) or (lambda: "wrapped"))
-    patches._wrap(owner, "f", lambda original: calls.append(original) or (lambda: "twice"))
-    assert owner.f() == "wrapped" and len(calls) == 1
+    owner = types.SimpleNamespace(__name__="owner", f=lambda x: "original")
+    plugin._wrap(owner, "f", ("x",), lambda original: calls.append(original) or (lambda x: "w"))
+    plugin._wrap(owner, "f", ("x",), lambda original: calls.append(original) or (lambda x: "2"))
+    assert owner.f(1) == "w" and len(calls) == 1
+
+
+def test_the_kernel_parameters_are_the_swap_parameters():
+    """The kernel's signature is written out; it must stay the swap's fields: per donor
+    (`Claim`) as non-base parameters, the merge's (`SwapConfig`) as shared ones, same
+    defaults, plus num_layers for in-memory merges."""
+    from mergekit.merge_methods.base import ParameterScope
+
+    from mergekit_layerswap import method, swap
+
+    declared = {
+        name: (ParameterScope.NON_BASE, info.default)
+        for name, info in swap.donor_parameters().items()
+    } | {
+        name: (ParameterScope.SHARED, info.default)
+        for name, info in swap.shared_parameters().items()
+    }
+    declared["num_layers"] = (ParameterScope.SHARED, None)
+    found = {p.name: (p.scope, p.default) for p in method.layer_swap.spec.parameters}
+    assert found == declared

@@ -62,7 +62,9 @@ def as_output(data, stored, computed=("model.norm.weight",)) -> list[stream.Outp
         item = stored[name]
         if name in computed:
             raw = tensor.contiguous().view(torch.uint8).numpy().tobytes()
-            out.append(stream.OutputTensor(name, item.dtype, item.shape, compute=lambda r=raw: r))
+            out.append(
+                stream.OutputTensor(name, item.dtype, item.shape, compute=lambda read, r=raw: r)
+            )
         else:
             out.append(stream.OutputTensor(name, item.dtype, item.shape, source=item))
     return out
@@ -108,7 +110,7 @@ def test_a_failed_write_leaves_no_model_file(tmp_path):
     stored = split_sources(tmp_path, data)
     tensors_out = as_output(data, stored)
     norm = next(i for i, t in enumerate(tensors_out) if t.name == "model.norm.weight")
-    short = stream.OutputTensor("model.norm.weight", "F32", (8,), compute=lambda: b"\0" * 4)
+    short = stream.OutputTensor("model.norm.weight", "F32", (8,), compute=lambda read: b"\0" * 4)
     tensors_out[norm] = short
     with pytest.raises(ValueError, match="computed 4 bytes, expected 32"):
         stream.write_model(tmp_path / "out", tensors_out, max_shard_size=900, quiet=True)

@@ -12,16 +12,18 @@ from pydantic import ValidationError
 from mergekit_layerswap.swap import (
     Claim,
     SwapConfig,
-    SwapError,
     donor_parameters,
+    shared_parameters,
+    variant_name,
+)
+from mergekit_layerswap.swap_rule import (
+    SwapError,
     format_ranges,
     layer_weights,
     parse_ranges,
     plan_layers,
     problems,
-    shared_parameters,
     tensor_weights,
-    variant_name,
 )
 
 H, D, E = "host", "donor", "donor2"

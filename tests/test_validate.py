@@ -236,7 +236,7 @@ def test_recipe_validates_with_the_paper_layer_map(make_model, tmp_path):
     for entry in raw["models"]:
         entry["model"] = hub_ids[entry["model"]]
     plan = validate.checked(raw)
-    from mergekit_layerswap.swap import plan_layers
+    from mergekit_layerswap.swap_rule import plan_layers
 
     layers = plan_layers(plan.swap, 32)
     donor_layers = [i for i, w in enumerate(layers) if w == {str(swahili): 1.0}]

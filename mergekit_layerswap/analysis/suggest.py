@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mergekit_layerswap import swap
+from mergekit_layerswap import swap, swap_rule
 from mergekit_layerswap.analysis.inputs import Model
 from mergekit_layerswap.analysis.measure import ratio as _ratio
 
@@ -81,7 +81,7 @@ def suggest(
     top = next((i for i, win in enumerate(reversed(wins[bottom:])) if not win), n - bottom)
     claim = swap.Claim(donor, bottom, top)
     edges = bottom + top < n  # some host layers remain, next to the blocks' inner edges
-    fits = edges and not swap.problems(swap.SwapConfig(host, (claim,), transition=1), n)
+    fits = edges and not swap_rule.problems(swap.SwapConfig(host, (claim,), transition=1), n)
     return Suggestion(
         host, donor, ratio, bottom, top, int(fits), tuple(host_change), tuple(donor_change)
     )

@@ -54,16 +54,18 @@ class InMemorySweep:
         from mergekit.common import dtype_from_name
         from mergekit.merge_methods import merge_state_dicts
 
-        plan = validate.swap_config(config)
-        (claim,) = plan.claims
-        parameters = {name: {claim.donor: getattr(claim, name)} for name in swap.donor_parameters()}
-        parameters |= {name: getattr(plan, name) for name in swap.shared_parameters()}
+        from mergekit_layerswap import plugin
+
+        plugin.install()  # registers layer_swap
         with torch.no_grad():
             merged = merge_state_dicts(
                 self.state,
                 validate.METHOD,
                 base=self.host,
-                parameters={**parameters, "num_layers": self.num_layers},
+                parameters={
+                    **swap.SwapConfig.from_mergekit(config).to_parameters(),
+                    "num_layers": self.num_layers,
+                },
                 dtype=dtype_from_name(config.get("dtype")),
             )
         name = config.get("out_dtype") or config.get("dtype")

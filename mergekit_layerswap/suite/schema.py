@@ -217,21 +217,15 @@ def _sweep_entries(sweep: Sweep, aliases: _Aliases, in_memory: bool) -> list[Ent
     entries = []
     for values in itertools.product(*(getattr(sweep, name) for name in _GRID)):
         chosen = dict(zip(_GRID, values, strict=True))
-        # in the config: what differs from the defaults (and the transition, always)
-        written = {k: v for k, v in chosen.items() if v != _GRID[k].default or k == "transition"}
         claim = swap.Claim(donor, **{k: chosen[k] for k in swap.donor_parameters()})
-        shared = {k: chosen[k] for k in swap.shared_parameters()}
-        name = swap.variant_name(claim, swap.SwapConfig(host, (claim,), **shared))
+        variant = swap.SwapConfig(
+            host, (claim,), **{k: chosen[k] for k in swap.shared_parameters()}
+        )
+        name = swap.variant_name(claim, variant)
         if (problem := name_problem(name, f"sweep (layers: {claim.layers!r})")) is not None:
             aliases.problems.append(problem)
             continue
-        donor_parameters = {k: v for k, v in written.items() if k in swap.donor_parameters()}
-        config = {
-            "merge_method": validate.METHOD,
-            "base_model": host,
-            "models": [{"model": host}, {"model": donor, "parameters": donor_parameters}],
-            "parameters": {k: v for k, v in written.items() if k in shared},
-        }
+        config = variant.to_mergekit()
         if sweep.dtype:
             config["dtype"] = sweep.dtype
         entries.append(Entry(name, "sweep", validate.METHOD, config=config, in_memory=in_memory))
@@ -263,7 +257,7 @@ def _canonical(config: dict) -> str:
     the suite has the same canonical form, however its YAML spells the parameters)."""
     if config.get("merge_method") == validate.METHOD:
         rest = {k: v for k, v in config.items() if k not in ("base_model", "models", "parameters")}
-        config = {"swap": dataclasses.asdict(validate.swap_config(config)), **rest}
+        config = {"swap": dataclasses.asdict(swap.SwapConfig.from_mergekit(config)), **rest}
     return json.dumps(config, sort_keys=True, default=str)
 
 
