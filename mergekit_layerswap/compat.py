@@ -132,14 +132,14 @@ def problems(where: dict[str, str], infos: dict, tensors: dict) -> tuple[list[st
     config computes otherwise than the host's."""
     found, notes = [], []
     host = next(iter(where))
-    for ref in infos:
-        config = checkpoint.read_config(ref)
+    configs = {ref: checkpoint.read_config(ref) for ref in infos}
+    for ref, config in configs.items():
         found += [
             f"{where[ref]}: {ref}: {line}" for line in weight_problems(config, tensors.get(ref))
         ]
         if ref == host or host not in infos:
             continue
-        wrong, noted = config_differences(checkpoint.read_config(host), config)
+        wrong, noted = config_differences(configs[host], config)
         found += [
             f"{where[ref]}: {line} (config.json); the merged model runs every layer with the "
             "host's settings: swap between fine-tunes trained with the same ones"
