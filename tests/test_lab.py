@@ -14,7 +14,7 @@ import yaml
 
 from mergekit_layerswap import cli
 from mergekit_layerswap.errors import RunError
-from mergekit_layerswap.lab import language, run, samplers, tasks
+from mergekit_layerswap.lab import language, run, samplers, testsets
 from mergekit_layerswap.lab.settings import LabSettings
 
 #: The CI form: one seed, the tiny size, fewer test problems and steps than `demo`.
@@ -24,7 +24,7 @@ CI = {"seeds": 1, "n_test": 24, "base_steps": 400, "expert_steps": 150}
 def test_training_and_test_data_are_disjoint():
     """No training sampler (base, math expert, language expert) writes a test item."""
     settings = LabSettings()
-    test = tasks.build("sw", 60, settings.test_seed)
+    test = testsets.build("sw", 60, settings.test_seed)
     assert all(len(items) == 60 for items in test.items.values())
     assert len(test.excludes) == 180  # distinct draws across the three tasks
     questions = {p.question for items in test.items.values() for p in items}
@@ -53,7 +53,7 @@ def test_training_is_deterministic(tmp_path):
     removes what a killed run left behind, and retrains only the stages whose settings
     changed (not for more seeds, another device or other evaluation settings)."""
     settings = LabSettings(seeds=1, base_steps=8, expert_steps=4)
-    excluded = tasks.build("sw", 4, settings.test_seed).excludes
+    excluded = testsets.build("sw", 4, settings.test_seed).excludes
     quiet = lambda *_: lambda *_: None  # noqa: E731
     ended = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -175,7 +175,7 @@ def test_a_disk_that_fills_while_saving_is_one_line_and_leaves_no_partial(small_
     written is named, and its partial folder is gone."""
     (small_disk / "filler").write_bytes(b"0" * 2_900_000)
     settings = LabSettings(seeds=1, base_steps=2, expert_steps=2)
-    excluded = tasks.build("sw", 4, settings.test_seed).excludes
+    excluded = testsets.build("sw", 4, settings.test_seed).excludes
     with pytest.raises(RunError, match=r"could not write the model .*/models/base: "):
         run.train_models(settings, 0, small_disk / "models", excluded, lambda *_: None)
     assert [p.name for p in (small_disk / "models").iterdir()] == []
@@ -196,8 +196,8 @@ def test_task_folder_is_plain_lm_eval(tmp_path):
     """The written tasks load with lm-eval's own TaskManager (what `--include_path` does)."""
     from lm_eval.tasks import TaskManager
 
-    folder = tasks.write(tasks.build("sw", 5, 7), "sw", tmp_path / "tasks")
-    names = list(tasks.task_names("sw"))
+    folder = testsets.write(testsets.build("sw", 5, 7), "sw", tmp_path / "tasks")
+    names = list(testsets.task_names("sw"))
     loaded = TaskManager(include_path=str(folder), include_defaults=False).load_task_or_group(names)
     assert sorted(loaded) == sorted(names)
     rows = (folder / f"{names[0]}.jsonl").read_text().splitlines()

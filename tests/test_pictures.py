@@ -22,11 +22,11 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 from PIL import Image
 
 from mergekit_layerswap import cli
-from mergekit_layerswap.lab import report, tasks
+from mergekit_layerswap.lab import report, testsets
 from mergekit_layerswap.lab.run import LabSettings
 from mergekit_layerswap.suite import leaderboard
 
-COLUMNS = list(tasks.task_names("sw"))
+COLUMNS = list(testsets.task_names("sw"))
 MODELS = {
     "base": ("input", "-"),
     "math": ("input", "-"),
@@ -87,7 +87,7 @@ def lab_data(seeds: int, max_gen_toks: int = 48) -> dict:
     return {
         "settings": LabSettings(seeds=seeds, max_gen_toks=max_gen_toks).model_dump(),
         "columns": COLUMNS,
-        "tests": tasks.summary(tasks.build("sw", 2, 1000)),
+        "tests": testsets.summary(testsets.build("sw", 2, 1000)),
         "seeds": {str(seed): run for seed, run in runs.items()},
         "summary": report.summarize(runs, COLUMNS),
         "verdict": report.verdict(runs, COLUMNS[0]),
@@ -223,7 +223,7 @@ def test_lab_md_commands_run_as_written(make_model, tmp_path):
         ("models/math", "models/lang", "suite/merges/layer-swap", "suite/merges/soup")
     ):
         shutil.copytree(make_model("llama", 4, seed=20 + index), seed_dir / where)
-    tasks.write(tasks.build("sw", 2, 1000), "sw", out / "tasks", max_gen_toks=4)
+    testsets.write(testsets.build("sw", 2, 1000), "sw", out / "tasks", max_gen_toks=4)
     report.write(lab_data(1, max_gen_toks=4), out)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     for argv in lab_commands((out / "lab.md").read_text()):
