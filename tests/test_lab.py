@@ -14,7 +14,7 @@ import yaml
 
 from mergekit_layerswap import cli
 from mergekit_layerswap.errors import RunError
-from mergekit_layerswap.lab import language, run, samplers, testsets
+from mergekit_layerswap.lab import language, preconditions, run, samplers, testsets
 from mergekit_layerswap.lab.settings import LabSettings
 
 #: The CI form: one seed, the tiny size, fewer test problems and steps than `demo`.
@@ -107,7 +107,11 @@ def test_smallest_lab_is_not_degenerate_resumes_and_reruns_identically(tmp_path,
     assert scores["lang"][read_sw] > 0.5  # the language expert on target reading
     assert scores["math"] != scores["lang"]
     assert {"layer-swap", "soup", "ties", "dare-ties", "task-arithmetic"} <= set(scores)
-    assert data["verdict"]["seeds"] == 1 and data["verdict"]["text"].startswith(f"On {math_sw}")
+    assert data["verdict"]["kind"] == "cannot judge"  # one seed never claims a win
+    measured = data["seeds"]["0"]["preconditions"]
+    assert [r["name"] for r in measured] == list(preconditions.MEANINGS)
+    assert all(isinstance(r["value"], float) and isinstance(r["passed"], bool) for r in measured)
+    assert "| locality |" in (out / "lab.md").read_text()
     for name in ("lab.json", "lab.md", "lab.png"):
         assert (out / name).stat().st_size > 0
     task_yaml = yaml.safe_load((out / "tasks" / f"{math_sw}.yaml").read_text())

@@ -22,7 +22,7 @@ from matplotlib.container import BarContainer, ErrorbarContainer
 from PIL import Image
 
 from mergekit_layerswap import cli
-from mergekit_layerswap.lab import report, testsets
+from mergekit_layerswap.lab import preconditions, report, testsets, verdict
 from mergekit_layerswap.lab.run import LabSettings
 from mergekit_layerswap.suite import leaderboard
 
@@ -83,14 +83,20 @@ def lab_data(seeds: int, max_gen_toks: int = 48) -> dict:
         swap = {"donor": {"bottom": 1, "top": 1}, "transition": 0, "source": "fallback"}
         if seed:
             swap = {"donor": {"bottom": 2}, "transition": 1, "source": "analyze"}
-        runs[seed] = {"swap": swap, "models": models}
+        measured = [
+            preconditions.Precondition(name, 0.1 * (i + 1), 0.3).record()
+            for i, name in enumerate(preconditions.MEANINGS)
+        ]
+        runs[seed] = {"swap": swap, "models": models, "preconditions": measured}
     return {
         "settings": LabSettings(seeds=seeds, max_gen_toks=max_gen_toks).model_dump(),
         "columns": COLUMNS,
         "tests": testsets.summary(testsets.build("sw", 2, 1000)),
         "seeds": {str(seed): run for seed, run in runs.items()},
         "summary": report.summarize(runs, COLUMNS),
-        "verdict": report.verdict(runs, COLUMNS[0]),
+        "verdict": verdict.judge(
+            runs, COLUMNS[0], {str(k): v["preconditions"] for k, v in runs.items()}, 2
+        ),
     }
 
 

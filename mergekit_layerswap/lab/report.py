@@ -1,11 +1,11 @@
 """The lab's results across seeds: `lab.json` (programs), `lab.md` (people), `lab.png` (bars).
 
 Per model and task: the mean and the sample standard deviation over seeds of each filter's
-exact match. The verdict compares the designated layer swap (the one `analyze` suggested,
-chosen before any score was seen) with its rivals, both experts and the soup, on
-target-language math, seed by seed. The sweep's best variant is shown too, marked as chosen
-on the test set. `lab.md` explains every name it uses and ends with the commands that score
-the designated swap and its rivals again.
+exact match; each seed's preconditions (`preconditions`) and the verdict (`verdict`), which
+compares the designated layer swap (the one `analyze` suggested, chosen before any score was
+seen) with its rivals, both experts and the soup, on target-language math. The sweep's best
+variant is shown too, marked as chosen on the test set. `lab.md` explains every name it
+uses and ends with the commands that score the designated swap and its rivals again.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING
 from mergekit_layerswap.evaluate.settings import DEFAULT_HF_BATCH_SIZE, EvalSettings, eval_command
 from mergekit_layerswap.files import write_atomic
 from mergekit_layerswap.lab import language, testsets
+from mergekit_layerswap.lab.preconditions import MEANINGS
+from mergekit_layerswap.lab.verdict import RIVALS, SWAP
 from mergekit_layerswap.suite.leaderboard import Bar, picture, png
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 FILTERS = (("flexible-extract", "exact_match"), ("strict-match", "other_exact_match"))
-SWAP = "layer-swap"
-RIVALS = ("math", "lang", "soup")
 LANGUAGE_NAMES = {"en": "English", "sw": "Swahili"}
 PICTURE = "lab.png"
 
@@ -61,30 +61,6 @@ def summarize(seeds: dict[int, dict], columns: list[str]) -> dict[str, dict]:
             for column in columns
         }
     return summary
-
-
-def verdict(seeds: dict[int, dict], target_column: str) -> dict:
-    """Does the designated swap beat both experts and the soup on target math, per seed?"""
-
-    def score(seed: dict, name: str) -> float:
-        return seed["models"][name]["columns"][target_column]["exact_match"]
-
-    margins = [score(s, SWAP) - max(score(s, r) for r in RIVALS) for s in seeds.values()]
-    wins = sum(margin > 0 for margin in margins)
-    n = len(margins)
-    mean = statistics.fmean(margins)
-    if wins == n and mean > 0:
-        outcome = "layer swap beats both experts and the soup"
-    elif wins == 0:
-        outcome = "no effect (layer swap does not beat the best of the experts and the soup)"
-    else:
-        outcome = "no clear effect (layer swap beats the experts and the soup in some seeds only)"
-    text = (
-        f"On {target_column} (flexible-extract), {outcome}: it won in {wins} of {_seeds(n)}; "
-        f"its margin over the best of math expert, language expert and soup was "
-        f"{_percent(_stats(margins), n, '+.1f')} points."
-    )
-    return {"outcome": outcome, "wins": wins, "seeds": n, "margins": margins, "text": text}
 
 
 def best_sweep(summary: dict, target_column: str) -> str | None:
@@ -141,8 +117,11 @@ def _glossary(data: dict) -> list[str]:
         "expert moved away from the base), before any score was seen.",
         "- **fallback**: `analyze` suggested no swap (no outer layer qualified), so the "
         "smallest one was used: bottom 1, top 1, transition 0.",
-        "- **rivals**: math, lang and soup; the verdict asks whether the designated swap beats "
-        "the best of them in every seed.",
+        "- **rivals**: math, lang and soup; the **margin** is the designated swap's score minus "
+        "the best rival's, per seed. The **verdict** is *effect* when the mean margin over "
+        "seeds is above twice its standard error, *no effect* when it is not, and *cannot "
+        "judge* when a precondition fails on most seeds or there is one seed.",
+        *(f"- **{name}**: {meaning}." for name, meaning in MEANINGS.items()),
         "- **soup**: the plain 0.5/0.5 average of both experts; **task-arithmetic**, **ties**, "
         "**dare-ties**: both experts' changes from the base added to it (TIES and DARE-TIES "
         "keep half of the entries of each change, density 0.5).",
@@ -155,6 +134,24 @@ def _glossary(data: dict) -> list[str]:
         f'the number after "{language.PROMPT["en"][2]}" (English) or '
         f'"{language.PROMPT[settings["language"]][2]}" ({target}).',
     ]
+    return lines
+
+
+def _preconditions(data: dict) -> list[str]:
+    """The preconditions table: value (threshold) and pass/fail per seed."""
+    seeds = data["seeds"]
+    lines = ["Preconditions (value, threshold, pass per seed; measured apart from the tests):", ""]
+    lines += ["| precondition | " + " | ".join(f"seed {seed}" for seed in seeds) + " |"]
+    lines += ["|---|" + "---|" * len(seeds)]
+    for name in MEANINGS:
+        cells = []
+        for results in seeds.values():
+            found = [r for r in results.get("preconditions", []) if r["name"] == name]
+            cells += [
+                f"{r['value']:.2f} ({r['threshold']:.2f}) {'pass' if r['passed'] else 'FAIL'}"
+                for r in found
+            ] or ["-"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -220,7 +217,8 @@ def markdown(data: dict, out: Path) -> str:
         swap = results["swap"]
         how = "fallback" if swap["source"] == "fallback" else "suggested by analyze"
         lines.append(f"- seed {seed}: {swap_words(swap)} ({how})")
-    lines += ["", f"**Verdict.** {data['verdict']['text']}", "", *_glossary(data), ""]
+    lines += ["", *_preconditions(data), ""]
+    lines += [f"**Verdict.** {data['verdict']['text']}", "", *_glossary(data), ""]
     lines += [
         "## Scoring again",
         "",
@@ -259,9 +257,11 @@ def plot(data: dict) -> Figure:
         )
     shown = ", mean ± std" if n > 1 else ""
     title = f"Layer swapping in miniature: exact match (%), {_seeds(n)}{shown}"
+    failed = data["verdict"]["reason"] if data["verdict"]["kind"] == "cannot judge" else ""
     note = (
         f"flexible-extract; best first on {columns[0]} within each group. Rivals: the math "
         "and language experts and their soup. The best sweep variant is picked on the test set."
+        f"\nVerdict: {data['verdict']['kind']}" + (f" ({failed})" if failed else "")
     )
     return picture(groups, columns, title, note)
 

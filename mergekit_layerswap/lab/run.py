@@ -4,9 +4,11 @@ Per seed: a word-level tokenizer; a base pretrained from scratch on both languag
 high-resource, the target low-resource, some translation pairs, bare arithmetic); a math
 expert (English word problems with step-by-step answers) and a language expert (generic
 target-language text, no arithmetic) fine-tuned from it; `analyze` of both experts against
-the base, whose suggested `layer_swap` is the lab's designated swap; a suite (the swap, a
+the base, whose suggested `layer_swap` is the lab's designated swap; the preconditions of a
+swap measured (`preconditions`: can this seed judge it at all?); a suite (the swap, a
 small sweep, soup, task arithmetic, TIES, DARE-TIES, the base and both experts) scored with
-lm-eval on the lab's own tasks (`testsets.py`). Then `report` aggregates the seeds.
+lm-eval on the lab's own tasks (`testsets.py`). Then `verdict` judges and `report` writes
+the seeds' results.
 
 Every stage is resumable: a model folder appears under its name only when complete, with the
 settings that made it (`lab-stage.json`); a rerun with the same settings reuses it, and the
@@ -26,11 +28,16 @@ from pathlib import Path
 import yaml
 
 from mergekit_layerswap.errors import RunError, first_line
-from mergekit_layerswap.lab import samplers, testsets, train
+from mergekit_layerswap.files import write_atomic
+from mergekit_layerswap.lab import preconditions, samplers, testsets, train
 from mergekit_layerswap.lab.settings import LabSettings
 from mergekit_layerswap.merge import remove_stale_partials
 
 STAGE_FILE = "lab-stage.json"
+#: In a seed's analysis folder: each expert's per-layer relative change (from `analyze`).
+CHANGE_FILE = "change-profile.json"
+#: In a seed's folder: its measured preconditions.
+PRECONDITIONS_FILE = "preconditions.json"
 
 
 @contextlib.contextmanager
@@ -247,8 +254,9 @@ def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, exc
     folder = out / f"seed-{seed}"
     models = train_models(settings, seed, folder / "models", excluded, log)
     swap_file = folder / "analysis" / "designated-swap.json"
+    change_file = folder / "analysis" / CHANGE_FILE
     key = _stage_key(settings, seed, "analysis")
-    if not _done(folder / "analysis", key):
+    if not _done(folder / "analysis", key) or not change_file.is_file():
         print(f"seed {seed}: analyze (where did each expert change?)", flush=True)
         remove_stale_partials(folder / "analysis")
         partial = folder / f".analysis.partial-{os.getpid()}"
@@ -260,8 +268,11 @@ def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, exc
             donor="lang",
         )
         (partial / swap_file.name).write_text(json.dumps(designated_swap(result), indent=2))
+        change = {name: list(result.layer_change(name)) for name in ("math", "lang")}
+        (partial / CHANGE_FILE).write_text(json.dumps(change, indent=2))
         _publish(partial, folder / "analysis", key)
     swap = json.loads(swap_file.read_text())
+    measured = measure_preconditions(settings, seed, folder, models, swap, excluded)
     config = suite_config(settings, models, swap, task_folder)
     config["evaluation"]["max_gen_toks"] = settings.max_gen_toks
     (folder / "suite.yml").write_text(yaml.dump(config, Dumper=_NoAnchors, sort_keys=False))
@@ -276,7 +287,34 @@ def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, exc
             "method": record["method"],
             "columns": record["languages"],
         }
-    return scores, swap
+    return scores, swap, measured
+
+
+def measure_preconditions(
+    settings: LabSettings, seed: int, folder: Path, models: dict[str, Path], swap: dict, excluded
+) -> list[dict]:
+    """The seed's preconditions (`preconditions.measure`), kept in PRECONDITIONS_FILE and
+    reused while the analysis they depend on is the same."""
+    path, key = folder / PRECONDITIONS_FILE, _stage_key(settings, seed, "analysis")
+    with contextlib.suppress(OSError, ValueError):
+        kept = json.loads(path.read_text())
+        if kept["key"] == key:
+            return kept["preconditions"]
+    print(f"seed {seed}: preconditions (can this seed judge a swap?)", flush=True)
+    change = json.loads((folder / "analysis" / CHANGE_FILE).read_text())
+    found = preconditions.measure(
+        models,
+        swap,
+        change,
+        target=settings.language,
+        seed=seed,
+        excluded=excluded,
+        max_tokens=settings.max_gen_toks,
+        device=settings.device,
+    )
+    records = [item.record() for item in found]
+    write_atomic(path, json.dumps({"key": key, "preconditions": records}, indent=2))
+    return records
 
 
 def _progress(description: str, total: int):
@@ -302,7 +340,7 @@ def run_lab(out_dir: str | Path, settings: LabSettings, threads: int | None = No
 
 
 def _run_lab(out: Path, settings: LabSettings) -> dict:
-    from mergekit_layerswap.lab import report
+    from mergekit_layerswap.lab import report, verdict
 
     out.mkdir(parents=True, exist_ok=True)
     test = testsets.build(settings.language, settings.n_test, settings.test_seed)
@@ -310,8 +348,10 @@ def _run_lab(out: Path, settings: LabSettings) -> dict:
     columns = list(testsets.task_names(settings.language))
     seeds = {}
     for seed in range(settings.seeds):
-        scores, swap = run_seed(settings, seed, out, task_folder, test.excludes, _progress)
-        seeds[seed] = {"swap": swap, "models": scores}
+        scores, swap, measured = run_seed(
+            settings, seed, out, task_folder, test.excludes, _progress
+        )
+        seeds[seed] = {"swap": swap, "models": scores, "preconditions": measured}
     summary = report.summarize(seeds, columns)
     data = {
         "settings": settings.model_dump(),
@@ -319,7 +359,12 @@ def _run_lab(out: Path, settings: LabSettings) -> dict:
         "tests": testsets.summary(test),
         "seeds": {str(seed): value for seed, value in seeds.items()},
         "summary": summary,
-        "verdict": report.verdict(seeds, columns[0]),
+        "verdict": verdict.judge(
+            seeds,
+            columns[0],
+            {str(seed): value["preconditions"] for seed, value in seeds.items()},
+            settings.n_test,
+        ),
     }
     for path in report.write(data, out):
         print(f"wrote {path}", flush=True)
