@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mergekit_layerswap.errors import InputError, RunError, first_line
+from mergekit_layerswap.flags import add_flags, given
+from mergekit_layerswap.lab.settings import LabSettings
 from mergekit_layerswap.options import LazyParser, add_merge_options, merge_options
 
 if TYPE_CHECKING:
@@ -105,33 +107,19 @@ def _add_eval(sub: Subparsers) -> None:
         "eval", help="score models on MGSM (lm-eval's own mgsm_* tasks) or any lm-eval tasks"
     )
     ev.add_argument("models", nargs="+", metavar="MODEL", help="local model folder or Hub id")
-    what = ev.add_mutually_exclusive_group(required=True)
-    what.add_argument(
-        "--languages", help='MGSM: comma-separated codes, e.g. "sw,te,bn,ja,en", or "all"'
-    )
-    what.add_argument("--tasks", help="instead of MGSM: comma-separated lm-eval tasks or groups")
-    ev.add_argument(
-        "--include-path", metavar="DIR", help="folder of lm-eval task YAMLs (with --tasks)"
-    )
-    ev.add_argument("--mode", help="native_cot (default), direct or en_cot")
-    ev.add_argument(
-        "--num-fewshot",
-        type=int,
-        help="exemplars (MGSM: 0-8, default 0; tasks: default each task's own)",
-    )
-    ev.add_argument("--limit", type=int, help="only the first N problems per language")
-    ev.add_argument("--batch-size", help="N or auto (default: 64 for hf, auto for vllm)")
-    ev.add_argument("--max-gen-toks", type=int, help="default 256 (lm-eval's)")
-    ev.add_argument("--backend", help="hf (default) or vllm")
-    ev.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
-    ev.add_argument(
-        "--data-dir",
-        help="local copy laid out like juletxara/mgsm (default: $MGSM_DATA_DIR, else the Hub)",
-    )
     ev.add_argument("--output", required=True, metavar="OUT_DIR", help="results folder")
     ev.add_argument("--cache-dir", help="result cache (default: OUT_DIR/cache)")
-    ev.add_argument("--log-samples", action="store_true", help="also write per-sample generations")
+    ev.later = _eval_flags  # EvalSettings' package imports torch: only once `eval` is parsed
     ev.set_defaults(handler=_eval)
+
+
+def _eval_flags(ev: argparse.ArgumentParser) -> None:
+    """One flag per EvalSettings field (`flags.add_flags`); MGSM languages or tasks."""
+    from mergekit_layerswap.evaluate.settings import EvalSettings
+
+    what = ev.add_mutually_exclusive_group(required=True)
+    add_flags(what, EvalSettings, _WHAT)
+    add_flags(ev, EvalSettings, [name for name in EvalSettings.model_fields if name not in _WHAT])
 
 
 def _eval_settings(args: argparse.Namespace) -> EvalSettings:
@@ -142,8 +130,7 @@ def _eval_settings(args: argparse.Namespace) -> EvalSettings:
         raise InputError("--data-dir is MGSM's: with --tasks, the task YAMLs say where data is")
     if args.batch_size and args.batch_size.isdigit():
         args.batch_size = int(args.batch_size)
-    given = {name: getattr(args, name) for name in EvalSettings.model_fields}
-    return EvalSettings.checked(**{k: v for k, v in given.items() if v is not None})
+    return EvalSettings.checked(**given(args, EvalSettings))
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -193,6 +180,12 @@ def _suite(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The flags that say what `eval` scores: MGSM's languages or lm-eval tasks (one of them).
+_WHAT = ("languages", "tasks")
+#: LabSettings' fields that `lab` takes as flags (the rest are the lab's design).
+LAB_FLAGS = ("seeds", "language", "device", "size")
+
+
 def _add_lab(sub: Subparsers) -> None:
     lab = sub.add_parser(
         "lab",
@@ -200,15 +193,12 @@ def _add_lab(sub: Subparsers) -> None:
         "scored over seeds, with a verdict (CPU minutes)",
     )
     lab.add_argument("out", metavar="OUT_DIR", help="models, suites, lab.json/md/png go here")
-    lab.add_argument("--seeds", type=int, default=3, help="pipelines to run (default 3)")
-    lab.add_argument("--language", default="sw", choices=["sw"], help="target language")
-    lab.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
-    lab.add_argument("--size", default="tiny", choices=["tiny", "small"], help="default tiny")
+    add_flags(lab, LabSettings, LAB_FLAGS)
     demo = sub.add_parser(
         "demo", help="the lab's smallest form: one seed, tiny (about 6.5 min on 2 cores)"
     )
     demo.add_argument("out", metavar="OUT_DIR", help="models, suite and lab.md go here")
-    demo.set_defaults(seeds=1, language="sw", device="cpu", size="tiny")
+    demo.set_defaults(seeds=1)
     for parser in (lab, demo):
         parser.add_argument(
             "--threads",
@@ -223,8 +213,7 @@ def _lab(args: argparse.Namespace) -> int:
     from mergekit_layerswap.lab.preflight import check_lab, default_threads
     from mergekit_layerswap.lab.run import run_lab
 
-    values = {k: getattr(args, k) for k in ("seeds", "language", "device", "size")}
-    settings = check_lab(args.out, args.threads, **values)
+    settings = check_lab(args.out, args.threads, **given(args, LabSettings))
     threads = default_threads() if args.threads is None else args.threads
     run_lab(args.out, settings, threads=threads)
     return 0

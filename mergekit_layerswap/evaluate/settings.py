@@ -63,27 +63,41 @@ class EvalSettings(BaseModel):
 
     MGSM unless `tasks` names lm-eval tasks or groups (`"a,b"` or a sequence), which are then
     scored instead, found in `include_path` (a folder of task YAMLs), lm-eval's MGSM folder or
-    else all of lm-eval's tasks; `languages`, `mode` and `data_dir` are MGSM's only.
-    `languages=None` means all 11 (also `"all"` or `"sw,te"`); `num_fewshot=None` means 0 for
-    MGSM and each task's own setting otherwise; `batch_size=None` means 64 for `hf` and
-    `"auto"` for `vllm`; `device=None` means CUDA when available; `data_dir=None` means the
-    `MGSM_DATA_DIR` environment variable, or the Hub dataset when that is unset too.
+    else all of lm-eval's tasks; `languages`, `mode` and `data_dir` are MGSM's only, and no
+    `languages` means all 11. Each field's description is `eval`'s help for its flag
+    (`flags.add_flags`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    languages: tuple[str, ...] = ()
-    mode: str = "native_cot"
-    num_fewshot: int | None = None
-    limit: PositiveInt | None = None
-    batch_size: int | str = DEFAULT_HF_BATCH_SIZE
-    max_gen_toks: PositiveInt = DEFAULT_MAX_GEN_TOKS
-    backend: Literal["hf", "vllm"] = "hf"
-    device: str | None = None
-    data_dir: Path | None = Field(default_factory=_data_dir_from_env)
-    log_samples: bool = False
-    tasks: tuple[str, ...] = ()
-    include_path: Path | None = None
+    languages: tuple[str, ...] = Field(
+        (), description='MGSM: comma-separated codes, e.g. "sw,te,bn,ja,en", or "all"'
+    )
+    mode: str = Field("native_cot", description=f"MGSM's prompt: {', '.join(MODES)}")
+    num_fewshot: int | None = Field(
+        None, description="exemplars (MGSM: 0-8, default 0; tasks: default each task's own)"
+    )
+    limit: PositiveInt | None = Field(None, description="only the first N problems per column")
+    batch_size: int | str = Field(
+        DEFAULT_HF_BATCH_SIZE, description="N or auto (default: 64 for hf, auto for vllm)"
+    )
+    max_gen_toks: PositiveInt = Field(
+        DEFAULT_MAX_GEN_TOKS, description="tokens generated per answer, as many as lm-eval's"
+    )
+    backend: Literal["hf", "vllm"] = Field("hf", description="lm-eval's model backend")
+    device: str | None = Field(None, description="cpu or cuda[:N] (default: cuda when available)")
+    data_dir: Path | None = Field(
+        default_factory=_data_dir_from_env,
+        description="MGSM: a local copy laid out like juletxara/mgsm (default: $MGSM_DATA_DIR, "
+        "else the Hub)",
+    )
+    log_samples: bool = Field(False, description="also write per-sample generations")
+    tasks: tuple[str, ...] = Field(
+        (), description="instead of MGSM: comma-separated lm-eval tasks or groups"
+    )
+    include_path: Path | None = Field(
+        None, description="a folder of lm-eval task YAMLs (with --tasks)"
+    )
 
     @classmethod
     def checked(cls, section: str = "", **values: Any) -> EvalSettings:

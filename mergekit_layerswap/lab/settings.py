@@ -14,10 +14,12 @@ class LabSettings(BaseModel):
     """Everything that decides the lab's numbers (and its resume keys)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    seeds: PositiveInt = 3
-    language: Literal["sw"] = "sw"
-    size: Literal["tiny", "small"] = "tiny"
-    device: Literal["cpu", "cuda"] = "cpu"
+    seeds: PositiveInt = Field(3, description="pipelines to run, one per seed")
+    language: Literal["sw"] = Field("sw", description="the target language")
+    size: Literal["tiny", "small"] = Field(
+        "tiny", description="the models' size (small: for a GPU)"
+    )
+    device: Literal["cpu", "cuda"] = Field("cpu", description="where to train and score")
     n_test: PositiveInt = 60  # problems per task
     test_seed: int = 1000
     base_steps: PositiveInt | None = None  # default: STEPS[size]
