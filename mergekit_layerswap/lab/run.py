@@ -32,6 +32,7 @@ from mergekit_layerswap.files import write_atomic
 from mergekit_layerswap.lab import preconditions, samplers, testsets, train
 from mergekit_layerswap.lab.settings import LabSettings
 from mergekit_layerswap.merge import remove_stale_partials
+from mergekit_layerswap.suite import include
 
 STAGE_FILE = "lab-stage.json"
 #: In a seed's analysis folder: each expert's per-layer relative change (from `analyze`).
@@ -175,17 +176,11 @@ def _save(model, tokenizer, partial: Path, final: Path) -> None:
 def suite_config(
     settings: LabSettings, models: dict[str, Path], swap: dict, task_folder: Path
 ) -> dict:
-    """The seed's suite: the designated swap, a sweep, the usual baselines, both experts."""
+    """The seed's suite: the designated swap, a sweep, the usual baselines (the recipes'
+    `include.BASELINES`), both experts."""
     num_layers = train.SIZES[settings.size][1]
-    pair = [
-        {"model": "math", "parameters": {"weight": 0.5}},
-        {"model": "lang", "parameters": {"weight": 0.5}},
-    ]
-    deltas = [
-        {"model": "math", "parameters": {"weight": 1.0, "density": 0.5}},
-        {"model": "lang", "parameters": {"weight": 1.0, "density": 0.5}},
-    ]
     return {
+        "include": str(include.BASELINES),
         "models": {name: str(path) for name, path in models.items()},
         "evaluate_inputs": ["base", "math", "lang"],
         "merges": [
@@ -195,20 +190,6 @@ def suite_config(
                 "base_model": "math",
                 "models": [{"model": "math"}, {"model": "lang", "parameters": swap["donor"]}],
                 "parameters": {"transition": swap["transition"]},
-            },
-            {"name": "soup", "merge_method": "linear", "models": pair},
-            {
-                "name": "task-arithmetic",
-                "merge_method": "task_arithmetic",
-                "base_model": "base",
-                "models": [{"model": m["model"], "parameters": {"weight": 1.0}} for m in pair],
-            },
-            {"name": "ties", "merge_method": "ties", "base_model": "base", "models": deltas},
-            {
-                "name": "dare-ties",
-                "merge_method": "dare_ties",
-                "base_model": "base",
-                "models": deltas,
             },
         ],
         "sweep": {
@@ -235,14 +216,6 @@ def designated_swap(result) -> dict:
         donor = {k: v for k, v in (("bottom", suggestion.bottom), ("top", suggestion.top)) if v}
         return {"donor": donor, "transition": suggestion.transition, "source": "analyze"}
     return {"donor": {"bottom": 1, "top": 1}, "transition": 0, "source": "fallback"}
-
-
-class _NoAnchors(yaml.SafeDumper):
-    """A list used twice (the experts of ties and dare-ties) written out twice, not as an
-    `&id001` anchor and its `*id001` alias: suite.yml is for people to read."""
-
-    def ignore_aliases(self, data: object) -> bool:
-        return True
 
 
 def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, excluded, log):
@@ -275,7 +248,7 @@ def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, exc
     measured = measure_preconditions(settings, seed, folder, models, swap, excluded)
     config = suite_config(settings, models, swap, task_folder)
     config["evaluation"]["max_gen_toks"] = settings.max_gen_toks
-    (folder / "suite.yml").write_text(yaml.dump(config, Dumper=_NoAnchors, sort_keys=False))
+    (folder / "suite.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     names = ", ".join(config["evaluation"]["tasks"])
     print(f"seed {seed}: suite (merges, then lm-eval on {names})", flush=True)
     run_suite(parse_suite(config, folder), folder / "suite")

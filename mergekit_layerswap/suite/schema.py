@@ -19,11 +19,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from mergekit_layerswap import adapters, checkpoint, swap, validate
+from mergekit_layerswap import adapters, checkpoint, overrides, swap, validate
 from mergekit_layerswap.errors import InputError, did_you_mean
 from mergekit_layerswap.evaluate.settings import EvalSettings
 from mergekit_layerswap.merge import config_problems
-from mergekit_layerswap.suite import methods
+from mergekit_layerswap.suite import include, methods
 from mergekit_layerswap.suite.executor import ExecutorSettings
 
 #: mergekit methods that draw random numbers: the suite fixes and records their seed.
@@ -80,6 +80,10 @@ class SuiteFile(_Strict):
     models: dict[str, str]
     evaluate_inputs: list[str] = Field(default_factory=list)
     merges: list[dict[str, Any]] = Field(default_factory=list)
+    #: merges to compare against, usually included (`include.BASELINES`); after `merges`
+    baselines: list[dict[str, Any]] = Field(default_factory=list)
+    #: every merge's, baseline's and the sweep's dtype where they name none
+    dtype: str | None = None
     sweep: Sweep | None = None
     #: `EvalSettings`' fields (see `mergekit-layerswap eval`); MGSM languages default to sw, en
     evaluation: dict[str, Any] = Field(default_factory=dict)
@@ -175,8 +179,7 @@ class _Aliases:
         return self.locate(self.targets[name] + (plus + lora if plus else ""))
 
 
-def _merge_entry(index: int, raw: Any, aliases: _Aliases, seed: int) -> Entry | None:
-    where = f"merges[{index}]"
+def _merge_entry(where: str, raw: Any, aliases: _Aliases, seed: int) -> Entry | None:
     problems = aliases.problems
     if not isinstance(raw, dict) or "name" not in raw:
         problems.append(f"{where}.name: missing; give every merge a unique name")
@@ -185,7 +188,7 @@ def _merge_entry(index: int, raw: Any, aliases: _Aliases, seed: int) -> Entry | 
     if (problem := name_problem(name, f"{where}.name")) is not None:
         problems.append(problem)
         return None
-    where = f"merges[{index}] ({name})"
+    where = f"{where} ({name})"
     config = copy.deepcopy({k: v for k, v in raw.items() if k != "name"})
     problems += validate.unknown_keys(config, f"{where}.")
     if "merge_method" not in config:
@@ -331,25 +334,30 @@ def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
     """
     if not isinstance(raw, dict):
         raise InputError(["the suite file must be a mapping with models, merges, evaluation"])
+    base = Path(base_dir or ".").resolve()
     try:
-        spec = SuiteFile.model_validate(raw)
+        spec = SuiteFile.model_validate(include.expand(raw, base))
     except ValidationError as error:
         raise InputError(_pydantic_problems(error)) from None
     problems: list[str] = []
-    base = Path(base_dir or ".").resolve()
     aliases = _Aliases({}, base, problems)
     aliases.targets = {alias: aliases.locate(target) for alias, target in spec.models.items()}
     entries = [
         Entry(alias, "input", "-", model=aliases.resolve(alias, f"evaluate_inputs[{i}]"))
         for i, alias in enumerate(spec.evaluate_inputs)
     ]
-    for i, merge in enumerate(spec.merges):
+    listed = [("merges", merge) for merge in spec.merges]
+    for i, (key, merge) in enumerate(listed + [("baselines", m) for m in spec.baselines]):
+        if spec.dtype and isinstance(merge, dict):
+            merge.setdefault("dtype", spec.dtype)
         before = len(problems)
-        entry = _merge_entry(i, merge, aliases, spec.seed)
+        index = i if key == "merges" else i - len(listed)
+        entry = _merge_entry(f"{key}[{index}]", merge, aliases, spec.seed)
         if entry is not None and len(problems) == before:  # resolved: check the method too
             problems += [f"{entry.name}: {p}" for p in _merge_problems(entry.config)]
         entries += [entry] if entry is not None else []
     if spec.sweep:
+        spec.sweep.dtype = spec.sweep.dtype or spec.dtype
         published = set(spec.push.merges) if spec.push else set()
         in_memory = spec.sweep.in_memory and spec.evaluation.get("backend", "hf") == "hf"
         before = len(problems)
@@ -375,6 +383,8 @@ def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
 
 
 def load_suite(path: str | Path, changes: Sequence[str] = ()) -> Suite:
-    """Read a suite YAML file, apply `KEY=VALUE` overrides (`changes`) and validate it
-    (relative paths in it are from its folder)."""
-    return parse_suite(validate.load(path, changes), Path(path).resolve().parent)
+    """Read a suite YAML file with what it includes (`include`), apply `KEY=VALUE`
+    overrides (`changes`) and validate it (relative paths in it are from its folder)."""
+    file = Path(path).resolve()
+    raw = overrides.apply(include.expand(validate.load(path), file.parent, (file,)), changes)
+    return parse_suite(raw, file.parent)
