@@ -25,7 +25,7 @@ from mergekit_layerswap import cli, hub
 from mergekit_layerswap.evaluate.settings import EvalSettings, eval_command
 from mergekit_layerswap.lab import run as lab_run
 from mergekit_layerswap.lab import testsets as lab_tasks
-from mergekit_layerswap.suite import executor
+from mergekit_layerswap.suite import executor, include
 
 ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
@@ -95,16 +95,22 @@ def test_sizes_are_human_and_never_zero_for_a_file_that_is_not(size, shown):
     assert hub.human_size(size) == shown
 
 
-def test_lab_suite_file_has_no_yaml_anchors(tmp_path):
-    """The lab's suite.yml (written with `_NoAnchors`) spells out the list that ties and
-    dare-ties share instead of `&id001`/`*id001`."""
+def test_lab_suite_file_includes_the_recipes_baselines(tmp_path):
+    """The lab's suite.yml takes the baselines from the recipes' baselines.yml (include:),
+    spelled out nowhere else, and plain YAML (no `&id001` anchors)."""
     models = {name: tmp_path / name for name in ("base", "math", "lang")}
     swap = {"donor": {"bottom": 1}, "transition": 0}
     config = lab_run.suite_config(lab_run.LabSettings(), models, swap, tmp_path / "tasks")
-    assert "&id" in yaml.safe_dump(config)  # the lists are shared: plain dumping anchors them
-    text = yaml.dump(config, Dumper=lab_run._NoAnchors, sort_keys=False)
+    assert Path(config["include"]) == include.BASELINES and include.BASELINES.is_file()
+    text = yaml.safe_dump(config, sort_keys=False)
     assert "&" not in text and "*id" not in text
-    assert yaml.safe_load(text) == config
+    expanded = include.expand(config, tmp_path)
+    assert [m["name"] for m in expanded["baselines"]] == [
+        "soup",
+        "task-arithmetic",
+        "ties",
+        "dare-ties",
+    ]
 
 
 @pytest.mark.slow
