@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from mergekit_layerswap.errors import InputError, RunError, first_line
 from mergekit_layerswap.flags import add_flags, given
-from mergekit_layerswap.lab.settings import LabSettings
 from mergekit_layerswap.options import LazyParser, add_merge_options, merge_options
 
 if TYPE_CHECKING:
@@ -193,7 +192,7 @@ def _add_lab(sub: Subparsers) -> None:
         "scored over seeds, with a verdict (CPU minutes)",
     )
     lab.add_argument("out", metavar="OUT_DIR", help="models, suites, lab.json/md/png go here")
-    add_flags(lab, LabSettings, LAB_FLAGS)
+    lab.later = _lab_flags  # pydantic: only once `lab` is parsed (`--help` stays light)
     demo = sub.add_parser(
         "demo", help="the lab's smallest form: one seed, tiny (about 6.5 min on 2 cores)"
     )
@@ -209,9 +208,17 @@ def _add_lab(sub: Subparsers) -> None:
         parser.set_defaults(handler=_lab)
 
 
+def _lab_flags(lab: argparse.ArgumentParser) -> None:
+    """One flag per LabSettings field in LAB_FLAGS (`flags.add_flags`)."""
+    from mergekit_layerswap.lab.settings import LabSettings
+
+    add_flags(lab, LabSettings, LAB_FLAGS)
+
+
 def _lab(args: argparse.Namespace) -> int:
     from mergekit_layerswap.lab.preflight import check_lab, default_threads
     from mergekit_layerswap.lab.run import run_lab
+    from mergekit_layerswap.lab.settings import LabSettings
 
     settings = check_lab(args.out, args.threads, **given(args, LabSettings))
     threads = default_threads() if args.threads is None else args.threads

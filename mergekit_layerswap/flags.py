@@ -11,8 +11,8 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
+if typing.TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 def _kinds(annotation: Any) -> tuple:
@@ -30,6 +30,8 @@ def add_flags(
     names: Iterable[str],
 ) -> None:
     """A flag on `parser` for each of `model`'s fields `names`."""
+    from pydantic_core import PydanticUndefined
+
     for name in names:
         info = model.model_fields[name]
         kinds = [kind for kind in _kinds(info.annotation) if kind is not type(None)]
