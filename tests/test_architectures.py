@@ -7,7 +7,7 @@ Exact means: the output has the host's tensor names, every tensor is bit-identic
 donor's (embeddings, layers 0 and 3, final norm and head) or the host's (layers 1-2), both
 ways write the same files, and transformers loads the output with no missing or unexpected
 key. Also: pickled (`.bin`) checkpoints keep their biases, and a transition blends biases the
-same both ways. The README's table of architectures is `table()` of FAMILIES (a test checks
+same both ways. docs/layer_swap.md's table of architectures is `table()` of FAMILIES (a test checks
 it)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import yaml
 from helpers import TINY_LLAMA, layer_swap, tensors
 
 pytestmark = pytest.mark.slow
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "layer_swap.md"
 EXACT = "exact"
 NOT_DEFINED = "refused (exit 2): mergekit 0.1.5 defines no such single-stack model"
 _LLAMA_LIKE = dict(
@@ -34,7 +34,7 @@ _LLAMA_LIKE = dict(
 _GPT2_LIKE = dict(vocab_size=64, n_positions=64, n_embd=32, n_layer=4, n_head=4)
 _MOE = dict(num_experts_per_tok=2, moe_intermediate_size=32)
 
-#: README name -> (transformers config class, its settings, the swap's outcome)
+#: the table's name -> (transformers config class, its settings, the swap's outcome)
 FAMILIES: dict[str, tuple[str, dict, str]] = {
     "Llama": ("LlamaConfig", _LLAMA_LIKE, EXACT),
     "Llama, attention and MLP biases": (
@@ -110,7 +110,7 @@ FAMILIES: dict[str, tuple[str, dict, str]] = {
 
 
 def table() -> str:
-    """FAMILIES as the README's Markdown table."""
+    """FAMILIES as docs/layer_swap.md's Markdown table."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     rows = ["| family | `architectures` | `bottom: 1, top: 1` swap |", "|---|---|---|"]
@@ -254,8 +254,8 @@ def test_what_mergekit_does_not_define_is_refused_in_one_line(family, merged):
         assert all("is not a single-stack model mergekit 0.1.5 defines" in line for line in lines)
 
 
-def test_readme_lists_the_families_tested():
-    assert table() in README.read_text(encoding="utf-8")
+def test_the_method_page_lists_the_families_tested():
+    assert table() in DOC.read_text(encoding="utf-8")
 
 
 def test_the_planner_reads_its_architecture_when_it_plans():

@@ -59,12 +59,14 @@ def test_eval_arguments_give_back_every_scoring_setting(values, tmp_path, monkey
 
 
 def test_install_lines_name_packages_that_exist():
-    """Not on a package index yet: no command (README's code blocks, the recipes, the
+    """Not on a package index yet: no command (the README's and docs' code blocks, the recipes, the
     package's messages and cards) says `pip install mergekit-layerswap`; the hints name what
     the extras install."""
     assert f"pip install '{EXTRAS['ray'][0]}'" == executor.INSTALL_HINT
-    readme = (ROOT / "README.md").read_text()
-    texts = {"README.md": "".join(re.findall(r"```\w*\n(.*?)```", readme, re.S))}
+    texts = {
+        str(page): "".join(re.findall(r"```\w*\n(.*?)```", page.read_text(), re.S))
+        for page in [ROOT / "README.md", *ROOT.glob("docs/*.md")]
+    }
     for path in [*ROOT.glob("recipes/*.yml"), *ROOT.glob("mergekit_layerswap/**/*.py")]:
         texts[str(path)] = path.read_text()
     for where, text in texts.items():
