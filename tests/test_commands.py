@@ -106,7 +106,9 @@ def test_lab_suite_file_includes_the_recipes_baselines(tmp_path):
     assert Path(config["include"]) == include.BASELINES and include.BASELINES.is_file()
     text = yaml.safe_dump(config, sort_keys=False)
     assert "&" not in text and "*id" not in text
-    expanded = include.expand(config, tmp_path)
+    problems: list[str] = []
+    expanded = include.expand(config, tmp_path, problems)
+    assert problems == []
     assert [m["name"] for m in expanded["baselines"]] == [
         "soup",
         "task-arithmetic",

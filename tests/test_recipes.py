@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from mergekit_layerswap import validate
-from mergekit_layerswap.errors import InputError
+from mergekit_layerswap import cli, validate
+from mergekit_layerswap.suite import include
 from mergekit_layerswap.suite.schema import load_suite
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "llama-3.1-8b-language-swap.yml"
+BASELINES = ("soup", "task-arithmetic", "ties", "dare-ties")
 
 
 @pytest.mark.parametrize("language", ["sw", "te", "bn", "ja"])
@@ -44,18 +46,39 @@ def test_recipes_share_the_baselines_and_a_top_level_dtype(make_model):
     suite = load_suite(RECIPE, [*changes, f"models.lang={paths['b']}"])
     merged = [entry for entry in suite.entries if entry.kind != "input"]
     names = {entry.name for entry in merged}
-    assert {"soup", "task-arithmetic", "ties", "dare-ties"} <= names
+    assert set(BASELINES) <= names
     assert {entry.config["dtype"] for entry in merged} == {"bfloat16"}
     with_dtype = load_suite(RECIPE, [*changes, f"models.lang={paths['b']}", "dtype=float16"])
     assert {e.config["dtype"] for e in with_dtype.entries if e.kind != "input"} == {"float16"}
 
 
-def test_a_missing_or_circular_include_is_one_line_each(tmp_path):
-    (tmp_path / "a.yml").write_text("include: b.yml\nmodels: {m: x}\n")
-    (tmp_path / "b.yml").write_text("include: [a.yml, gone.yml]\n")
-    with pytest.raises(InputError) as error:
-        load_suite(tmp_path / "a.yml")
-    problems = error.value.problems
-    assert len(problems) == 2
-    assert "a.yml includes itself" in problems[0]
-    assert "gone.yml: cannot read it" in problems[1]
+def test_a_merge_own_dtype_wins_over_the_top_level_one(tmp_path, make_model):
+    """Included baselines take the suite's top-level dtype; a merge naming its own keeps it."""
+    base, lang = (make_model("llama", 32, seed=seed) for seed in (20, 21))
+    pair = [{"model": alias, "parameters": {"weight": 0.5}} for alias in ("math", "lang")]
+    suite = {
+        "include": str(include.BASELINES),
+        "dtype": "float16",
+        "models": {"base": str(base), "math": str(base), "lang": str(lang)},
+        "merges": [{"name": "own", "merge_method": "linear", "models": pair, "dtype": "bfloat16"}],
+        "evaluation": {"languages": ["sw"]},
+    }
+    (tmp_path / "suite.yml").write_text(yaml.safe_dump(suite))
+    dtypes = {e.name: e.config["dtype"] for e in load_suite(tmp_path / "suite.yml").entries}
+    assert dtypes == {"own": "bfloat16"} | dict.fromkeys(BASELINES, "float16")
+
+
+def test_include_problems_come_with_the_others_and_exit_2(tmp_path, capsys):
+    """A missing and a circular include are a line each, with the file's other problems,
+    before anything is done."""
+    folder = tmp_path.resolve()
+    (folder / "a.yml").write_text("include: [b.yml, gone.yml]\nmodels: {m: x}\nbogus: 1\n")
+    (folder / "b.yml").write_text("include: a.yml\n")
+    assert cli.main(["suite", str(folder / "a.yml"), str(folder / "out"), "--dry-run"]) == 2
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        "  include: a.yml includes itself (a.yml -> b.yml -> a.yml); remove one of these includes",
+        f"  include: gone.yml: no such file ({folder / 'gone.yml'}); give a path relative to the "
+        "file that includes it",
+        "  bogus: unknown key; remove it or check its spelling",
+    ]
+    assert not (folder / "out").exists()

@@ -2,8 +2,9 @@
 including file's own, which win key by key.
 
 `include` is a path or a list of paths, each relative to the folder of the file that names it
-(absolute paths too); an included file may include others. A file that cannot be read, is
-not a mapping or includes itself (directly or not) is one problem line naming it.
+(absolute paths too); an included file may include others. A file that is missing, cannot be
+read, is not a mapping or includes itself (directly or not) is one problem line naming it and
+the fix, reported with the suite's other problems; the files that could be read still count.
 `baselines.yml` in the recipes folder holds the usual merges every layer-swap suite compares
 against (soup, task arithmetic, TIES, DARE-TIES), as `baselines:` over the aliases `base`,
 `math` and `lang`; the recipes and the lab's suite include it.
@@ -25,30 +26,35 @@ RECIPES = _PACKAGE / "recipes" if (_PACKAGE / "recipes").is_dir() else _PACKAGE.
 BASELINES = RECIPES / "baselines.yml"
 
 
-def expand(raw: dict[str, Any], folder: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """`raw` with its `include:` resolved (relative to `folder`; `seen`: the files being
-    included, the including file's own first); InputError lists every file that could not be
-    included."""
+def expand(
+    raw: dict[str, Any], folder: Path, problems: list[str], seen: tuple[Path, ...] = ()
+) -> dict[str, Any]:
+    """`raw` with its `include:` resolved, relative to `folder`; `seen`: the files being
+    included, outermost first. Each file that cannot be included adds a line to `problems`."""
     names = raw.get("include")
     if names is None:
         return raw
-    problems: list[str] = []
+    own = {key: value for key, value in raw.items() if key != "include"}
+    listed = [names] if isinstance(names, str) else names
+    if not (isinstance(listed, list) and all(isinstance(name, str) for name in listed)):
+        problems.append(f"include: {names!r} is not a path; give a YAML file's path or a list")
+        return own
     merged: dict[str, Any] = {}
-    for name in [names] if isinstance(names, str) else names:
-        if not isinstance(name, str):
-            problems.append(f"include: {name!r} is not a path; give a YAML file's path")
-            continue
+    for name in listed:
         path = (folder / Path(name).expanduser()).resolve()
         if path in seen:
-            problems.append(f"include: {name} includes itself (through {seen[-1].name})")
-            continue
-        try:
-            merged |= expand(validate.load(path), path.parent, (*seen, path))
-        except InputError as error:
-            problems += [
-                line if line.startswith("include: ") else f"include: {line}"
-                for line in error.problems
-            ]
-    if problems:
-        raise InputError(problems)
-    return merged | {key: value for key, value in raw.items() if key != "include"}
+            circle = " -> ".join(p.name for p in (*seen[seen.index(path) :], path))
+            problems.append(
+                f"include: {name} includes itself ({circle}); remove one of these includes"
+            )
+        elif not path.is_file():
+            problems.append(
+                f"include: {name}: no such file ({path}); give a path relative to the "
+                "file that includes it"
+            )
+        else:
+            try:
+                merged |= expand(validate.load(path), path.parent, problems, (*seen, path))
+            except InputError as error:
+                problems += [f"include: {line}" for line in error.problems]
+    return merged | own

@@ -326,20 +326,21 @@ def _evaluation(raw: dict[str, Any], base: Path, problems: list[str]) -> EvalSet
         return None
 
 
-def parse_suite(raw: Any, base_dir: str | Path | None = None) -> Suite:
-    """Validate a loaded suite file; InputError lists every problem.
+def parse_suite(raw: Any, base_dir: str | Path | None = None, found: Sequence[str] = ()) -> Suite:
+    """Validate a loaded suite file; InputError lists every problem, `found` (those already
+    found in reading it) first.
 
-    Relative model paths, `evaluation.data_dir` and `evaluation.include_path` are taken from
-    `base_dir` (the suite file's folder; default: the current folder).
+    Relative model paths, `include`s, `evaluation.data_dir` and `evaluation.include_path` are
+    taken from `base_dir` (the suite file's folder; default: the current folder).
     """
     if not isinstance(raw, dict):
         raise InputError(["the suite file must be a mapping with models, merges, evaluation"])
     base = Path(base_dir or ".").resolve()
+    problems = list(found)
     try:
-        spec = SuiteFile.model_validate(include.expand(raw, base))
+        spec = SuiteFile.model_validate(include.expand(raw, base, problems))
     except ValidationError as error:
-        raise InputError(_pydantic_problems(error)) from None
-    problems: list[str] = []
+        raise InputError(problems + _pydantic_problems(error)) from None
     aliases = _Aliases({}, base, problems)
     aliases.targets = {alias: aliases.locate(target) for alias, target in spec.models.items()}
     entries = [
@@ -386,5 +387,10 @@ def load_suite(path: str | Path, changes: Sequence[str] = ()) -> Suite:
     """Read a suite YAML file with what it includes (`include`), apply `KEY=VALUE`
     overrides (`changes`) and validate it (relative paths in it are from its folder)."""
     file = Path(path).resolve()
-    raw = overrides.apply(include.expand(validate.load(path), file.parent, (file,)), changes)
-    return parse_suite(raw, file.parent)
+    problems: list[str] = []
+    raw = include.expand(validate.load(path), file.parent, problems, (file,))
+    try:
+        raw = overrides.apply(raw, changes)
+    except InputError as error:
+        raise InputError(problems + error.problems) from None
+    return parse_suite(raw, file.parent, problems)
