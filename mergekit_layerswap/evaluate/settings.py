@@ -75,11 +75,13 @@ class EvalSettings(BaseModel):
     )
     mode: str = Field("native_cot", description=f"MGSM's prompt: {', '.join(MODES)}")
     num_fewshot: int | None = Field(
-        None, description="exemplars (MGSM: 0-8, default 0; tasks: default each task's own)"
+        None,
+        description=f"exemplars (MGSM: 0-{MAX_FEWSHOT}, default 0; tasks: default each task's own)",
     )
     limit: PositiveInt | None = Field(None, description="only the first N problems per column")
     batch_size: int | str = Field(
-        DEFAULT_HF_BATCH_SIZE, description="N or auto (default: 64 for hf, auto for vllm)"
+        DEFAULT_HF_BATCH_SIZE,
+        description=f"N or auto (default: {DEFAULT_HF_BATCH_SIZE} for hf, auto for vllm)",
     )
     max_gen_toks: PositiveInt = Field(
         DEFAULT_MAX_GEN_TOKS, description="tokens generated per answer, as many as lm-eval's"
