@@ -7,8 +7,8 @@ Exact means: the output has the host's tensor names, every tensor is bit-identic
 donor's (embeddings, layers 0 and 3, final norm and head) or the host's (layers 1-2), both
 ways write the same files, and transformers loads the output with no missing or unexpected
 key. Also: pickled (`.bin`) checkpoints keep their biases, and a transition blends biases the
-same both ways. docs/layer_swap.md's table of architectures is `table()` of FAMILIES (a test checks
-it)."""
+same both ways. The table in docs/architectures.md is `table()` of FAMILIES (a test
+checks it)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import yaml
 from helpers import TINY_LLAMA, layer_swap, tensors
 
 pytestmark = pytest.mark.slow
-DOC = Path(__file__).resolve().parents[1] / "docs" / "layer_swap.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "architectures.md"
 EXACT = "exact"
 NOT_DEFINED = "refused (exit 2): mergekit 0.1.5 defines no such single-stack model"
 _LLAMA_LIKE = dict(
@@ -110,7 +110,7 @@ FAMILIES: dict[str, tuple[str, dict, str]] = {
 
 
 def table() -> str:
-    """FAMILIES as docs/layer_swap.md's Markdown table."""
+    """FAMILIES as docs/architectures.md's Markdown table."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     rows = ["| family | `architectures` | `bottom: 1, top: 1` swap |", "|---|---|---|"]
@@ -254,7 +254,7 @@ def test_what_mergekit_does_not_define_is_refused_in_one_line(family, merged):
         assert all("is not a single-stack model mergekit 0.1.5 defines" in line for line in lines)
 
 
-def test_the_method_page_lists_the_families_tested():
+def test_the_architectures_page_lists_the_families_tested():
     assert table() in DOC.read_text(encoding="utf-8")
 
 

@@ -68,10 +68,10 @@ def test_valid_config_prints_the_compact_layer_map(models, tmp_path, capsys):
     ]
 
 
-def test_validate_prints_the_readme_layer_map(make_model, tmp_path, capsys):
-    """validate output class: the README's block for the paper's default, verbatim."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    block = readme.split("`mergekit-layerswap validate` prints it")[1].split("```")[1]
+def test_validate_prints_the_documented_layer_map(make_model, tmp_path, capsys):
+    """validate output class: docs/layer_swap.md's block for the paper's default, verbatim."""
+    page = (Path(__file__).parents[1] / "docs" / "layer_swap.md").read_text(encoding="utf-8")
+    block = page.split("`mergekit-layerswap validate` prints it")[1].split("```")[1]
     host, donor = make_model("llama", 32, seed=1), make_model("llama", 32, seed=2)
     models = {"math": host, "sw": donor}
     raw = config(models, {"sw": {"bottom": 5, "top": 2}}, transition=1)
