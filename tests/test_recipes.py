@@ -52,6 +52,18 @@ def test_recipes_share_the_baselines_and_a_top_level_dtype(make_model):
     assert {e.config["dtype"] for e in with_dtype.entries if e.kind != "input"} == {"float16"}
 
 
+def test_every_suite_recipe_takes_the_baselines_from_one_file():
+    """The suite recipes include baselines.yml and spell out no baseline themselves."""
+    recipes = [
+        p for p in RECIPE.parent.glob("*.yml") if p.name not in ("layerswap.yml", "baselines.yml")
+    ]
+    assert len(recipes) >= 2
+    for recipe in recipes:
+        raw = validate.load(recipe)
+        assert raw["include"] == "baselines.yml", recipe.name
+        assert not {merge["name"] for merge in raw["merges"]} & set(BASELINES), recipe.name
+
+
 def test_a_merge_own_dtype_wins_over_the_top_level_one(tmp_path, make_model):
     """Included baselines take the suite's top-level dtype; a merge naming its own keeps it."""
     base, lang = (make_model("llama", 32, seed=seed) for seed in (20, 21))
