@@ -119,7 +119,7 @@ def main() -> None:
         cached_s = timed(ours, work / "cached.log")
 
         ours_scores = json.loads((work / "ours" / "results.json").read_text())
-        ours_em = {c: r["exact_match"] for c, r in ours_scores["models"][0]["languages"].items()}
+        ours_em = {c: r["score"] for c, r in ours_scores["models"][0]["columns"].items()}
         raw_file = next((work / "raw").rglob("results_*.json"))
         raw_results = json.loads(raw_file.read_text())["results"]
         raw_em = {

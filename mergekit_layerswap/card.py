@@ -19,7 +19,7 @@ from mergekit_layerswap.complete import CARD_FILE, CONFIG_FILE
 from mergekit_layerswap.errors import InputError, first_line
 from mergekit_layerswap.evaluate.identity import fingerprint_dir
 from mergekit_layerswap.evaluate.mgsm import HEADLINE_FILTER, HUB_DATASET
-from mergekit_layerswap.evaluate.results import EvalResults, LanguageResult, ModelResult
+from mergekit_layerswap.evaluate.results import ColumnResult, EvalResults, ModelResult
 from mergekit_layerswap.evaluate.settings import eval_command
 from mergekit_layerswap.files import write_atomic
 from mergekit_layerswap.layer_map import runs
@@ -97,7 +97,7 @@ def _partial(settings) -> str:
     return f"partial: first {settings.limit} problems per {per}" if settings.limit else ""
 
 
-def _eval_result(results: EvalResults, column: str, result: LanguageResult) -> Any:
+def _eval_result(results: EvalResults, column: str, result: ColumnResult) -> Any:
     """One model-index entry: an MGSM language, or an lm-eval task (named as the dataset)."""
     from huggingface_hub import EvalResult
 
@@ -120,7 +120,7 @@ def _eval_result(results: EvalResults, column: str, result: LanguageResult) -> A
         dataset_config=dataset_config,
         dataset_split=f"test[:{settings.limit}]" if settings.limit else "test",
         metric_type=result.metric,
-        metric_value=result.exact_match,  # a fraction, as in results.json
+        metric_value=result.score,  # a fraction, as in results.json
         metric_name=f"{result.metric} ({result.filter}, {setup})",
         source_name=f"lm-evaluation-harness {results.versions.get('lm_eval', '')}".strip(),
         source_url="https://github.com/EleutherAI/lm-evaluation-harness",
@@ -133,14 +133,14 @@ def _front_matter(name: str, raw: dict, results: EvalResults | None, scored: Mod
     references = [validate.reference(e.get("model")) for e in raw.get("models", [])]
     eval_results = None
     if scored is not None:
-        eval_results = [_eval_result(results, c, r) for c, r in scored.languages.items()]
+        eval_results = [_eval_result(results, c, r) for c, r in scored.columns.items()]
     mgsm = scored is not None and results.settings.is_mgsm
     return ModelCardData(
         model_name=name,
         base_model=_hub_ids([r for r in references if r]) or None,
         library_name="transformers",
         tags=["merge", "mergekit", "layer-swap"],
-        language=list(scored.languages) if mgsm else None,
+        language=list(scored.columns) if mgsm else None,
         eval_results=eval_results,
     )
 
@@ -171,12 +171,10 @@ def _scores_section(results: EvalResults, scored: ModelResult) -> list[str]:
         ]
     lines += [header, "|---|" + "---:|" * (header.count("|") - 2)]
     rows = []
-    for code, result in scored.languages.items():
-        stderr = (
-            "–" if result.exact_match_stderr is None else f"{100 * result.exact_match_stderr:.1f}"
-        )
+    for code, result in scored.columns.items():
+        stderr = "–" if result.stderr is None else f"{100 * result.stderr:.1f}"
         metric = [] if settings.is_mgsm else [f"{result.metric} ({result.filter})"]
-        rows.append([code, *metric, f"{100 * result.exact_match:.1f}", stderr, str(result.n)])
+        rows.append([code, *metric, f"{100 * result.score:.1f}", stderr, str(result.n)])
     no_metric = [] if settings.is_mgsm else [""]
     rows.append(["**average**", *no_metric, f"**{100 * scored.average:.1f}**", "", ""])
     lines += [("| " + " | ".join(cells) + " |").replace("  ", " ") for cells in rows]

@@ -103,10 +103,10 @@ def test_card_with_scores_matches_results(merged, results, capsys):
     assert cli.main(["card", str(merged), "--results", str(results / "results.json")]) == 0
     capsys.readouterr()
     data = ModelCard.load(merged / "README.md").data
-    expected = json.loads((results / "results.json").read_text())["models"][0]["languages"]
+    expected = json.loads((results / "results.json").read_text())["models"][0]["columns"]
     assert data.language == ["sw", "en"]
     assert {r.dataset_config: r.metric_value for r in data.eval_results} == {
-        code: expected[code]["exact_match"] for code in ("sw", "en")
+        code: expected[code]["score"] for code in ("sw", "en")
     }
     assert {r.dataset_type for r in data.eval_results} == {"juletxara/mgsm"}
     text = (merged / "README.md").read_text()

@@ -219,10 +219,10 @@ def test_card_commands_run_as_written_and_give_the_card_scores(aliases, tmp_path
     again = json.loads((copy / "results" / "results.json").read_text())["models"][0]
     data = ModelCard.load(copy / "README.md").data
     on_card = {r.dataset_config: r.metric_value for r in data.eval_results}
-    assert on_card == {task: again["languages"][task]["exact_match"] for task in names}
-    stored = json.loads((tmp_path / "out" / "results" / "swap.json").read_text())["languages"]
-    assert {t: r["n"] for t, r in again["languages"].items()} == {t: 2 for t in names}
-    assert {t: r["exact_match"] for t, r in stored.items()} == on_card
+    assert on_card == {task: again["columns"][task]["score"] for task in names}
+    stored = json.loads((tmp_path / "out" / "results" / "swap.json").read_text())["columns"]
+    assert {t: r["n"] for t, r in again["columns"].items()} == {t: 2 for t in names}
+    assert {t: r["score"] for t, r in stored.items()} == on_card
     # tiny random models score 0 anyway: the runs must also agree on every scoring setting
     # and task file (their cache keys but the model's fingerprint, which counts the suite's
     # metadata file) and generate the same text

@@ -16,9 +16,9 @@ from mergekit_layerswap import cli
 from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.evaluate import (
     LANGUAGES,
+    ColumnResult,
     EvalResults,
     EvalSettings,
-    LanguageResult,
     ModelIdentity,
     ModelResult,
     parse_languages,
@@ -76,23 +76,23 @@ def test_fingerprint_follows_weights_and_config_not_readme(make_model, tmp_path)
     assert fingerprint_dir(make_model(seed=1)) != fingerprint_dir(make_model(seed=0))
 
 
-def _result(task: str, score: float, stderr: float | None) -> LanguageResult:
-    return LanguageResult(task, 250, score, stderr, "strict-match", score / 2, None)
+def _result(task: str, score: float, stderr: float | None) -> ColumnResult:
+    return ColumnResult(task, 250, score, stderr, "strict-match", score / 2, None)
 
 
 def test_results_round_trip_and_table(tmp_path):
     settings = EvalSettings(languages="sw,ja", data_dir=None)
     identity = ModelIdentity("org/m", "hub", "org/m", "abc123", "f" * 64)
-    languages = {
+    columns = {
         "sw": _result("mgsm_native_cot_sw", 0.25, 0.02),
         "ja": _result("mgsm_native_cot_ja", 0.5, None),
     }
-    results = EvalResults(settings, {"lm_eval": "0.4.13"}, [ModelResult(identity, languages)])
+    results = EvalResults(settings, {"lm_eval": "0.4.13"}, [ModelResult(identity, columns)])
     json_path, md_path = write_results(results, tmp_path)
     assert read_results(tmp_path) == results == read_results(json_path)
     data = json.loads(json_path.read_text())
     assert data["models"][0]["average"] == pytest.approx(0.375)
-    assert data["models"][0]["languages"]["ja"]["exact_match_stderr"] is None
+    assert data["models"][0]["columns"]["ja"]["stderr"] is None
     table = md_path.read_text()
     assert table == render_markdown(results)
     assert "| Model | sw | ja | Avg |" in table
@@ -193,7 +193,7 @@ def test_tiny_llama_end_to_end(make_model, mgsm_hf_dir, tmp_path, capsys):
     }
     scores = []
     for code in ("sw", "en"):
-        result = entry["languages"][code]
+        result = entry["columns"][code]
         task = f"mgsm_native_cot_{code}"
         assert (result["task"], result["n"], result["other_filter"]) == (task, 2, "strict-match")
         samples = _read_samples(out / "samples" / slug / f"{task}.jsonl")
@@ -201,10 +201,10 @@ def test_tiny_llama_end_to_end(make_model, mgsm_hf_dir, tmp_path, capsys):
             chosen = [s for s in samples if s["filter"] == filter_name]
             assert [s["doc_id"] for s in chosen] == [0, 1]
             mean = sum(s["exact_match"] for s in chosen) / 2
-            assert result[f"{key}exact_match"] == pytest.approx(mean)
-            assert isinstance(result[f"{key}exact_match_stderr"], float)
+            assert result[f"{key}score"] == pytest.approx(mean)
+            assert isinstance(result[f"{key}stderr"], float)
         assert all(s["arguments"][0][1]["max_gen_toks"] == 24 for s in samples)
-        scores.append(result["exact_match"])
+        scores.append(result["score"])
     assert entry["average"] == pytest.approx(sum(scores) / 2)
     table = (out / "results.md").read_text()
     first = read_results(out)

@@ -68,11 +68,11 @@ def test_oracle_scores_every_language_and_mode(mode, correct, mgsm_hf_dir):
     for code, run in runs.items():
         result = run.result
         assert (result.task, result.n) == (task_name(mode, code), 25)
-        assert result.exact_match == (1.0 if correct else 0.0), code
+        assert result.score == (1.0 if correct else 0.0), code
         # The other filter agrees, except for the Bengali native-CoT strict regex, which is
         # English upstream ("The answer is"), so it never matches a Bengali answer.
         upstream_defect = (mode, code) == ("native_cot", "bn")
-        assert result.other_exact_match == (1.0 if correct and not upstream_defect else 0.0)
+        assert result.other_score == (1.0 if correct and not upstream_defect else 0.0)
 
 
 @pytest.mark.slow
@@ -80,7 +80,7 @@ def test_oracle_with_eight_exemplars(mgsm_hf_dir):
     settings = EvalSettings(languages="all", num_fewshot=8, limit=5, data_dir=mgsm_hf_dir)
     runs = evaluate_lm(OracleLM(correct=True), settings)
     for code, run in runs.items():
-        assert run.result.exact_match == 1.0, code
+        assert run.result.score == 1.0, code
         prompt = run.samples[0]["arguments"][0][0]
         assert prompt.count("\n\n") == 8, code  # eight exemplars, then the question
 

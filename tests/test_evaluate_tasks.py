@@ -123,15 +123,15 @@ def test_eval_tasks_from_an_include_folder_group_columns_and_cache(make_model, t
     data = json.loads((out / "results.json").read_text())
     assert data["settings"]["tasks"] == ["lab_math"]
     assert data["settings"]["include_path"] == str(folder.resolve())
-    scores = data["models"][0]["languages"]
+    scores = data["models"][0]["columns"]
     assert list(scores) == ["lab_sums", "lab_words"]
     picked = {c: (r["metric"], r["filter"], r["other_filter"], r["n"]) for c, r in scores.items()}
     assert picked == {
         "lab_sums": ("exact_match", "flexible-extract", "strict-match", 2),
         "lab_words": ("exact_match", "first", "raw", 2),
     }
-    assert [scores["lab_sums"]["exact_match"], scores["lab_sums"]["other_exact_match"]] == [0.5, 0]
-    assert scores["lab_words"]["exact_match"] == 0.5 and scores["lab_words"]["dataset"] == "json"
+    assert [scores["lab_sums"]["score"], scores["lab_sums"]["other_score"]] == [0.5, 0]
+    assert scores["lab_words"]["score"] == 0.5 and scores["lab_words"]["dataset"] == "json"
     assert data["models"][0]["average"] == 0.5
     assert "| Model | lab_sums | lab_words | Avg |" in (out / "results.md").read_text()
 
@@ -141,9 +141,7 @@ def test_eval_tasks_from_an_include_folder_group_columns_and_cache(make_model, t
     assert cli.main(argv) == 0
     assert "evaluating lab_math" in capsys.readouterr().out
     assert (
-        json.loads((out / "results.json").read_text())["models"][0]["languages"]["lab_sums"][
-            "exact_match"
-        ]
+        json.loads((out / "results.json").read_text())["models"][0]["columns"]["lab_sums"]["score"]
         == 0
     )
 
@@ -207,13 +205,13 @@ def test_suite_evaluation_tasks_leaderboard_and_card(aliases, tmp_path, monkeypa
     assert cli.main(["suite", str(path), str(out)]) == 0, capsys.readouterr()
     board = json.loads((out / "leaderboard.json").read_text())
     assert sorted(row["name"] for row in board) == ["math", "swap", "swap-t1-tr0"]
-    assert all(list(row["exact_match"]) == ["lab_sums", "lab_words"] for row in board)
-    assert all(row["exact_match"] == {"lab_sums": 0.5, "lab_words": 0.5} for row in board)
+    assert all(list(row["scores"]) == ["lab_sums", "lab_words"] for row in board)
+    assert all(row["scores"] == {"lab_sums": 0.5, "lab_words": 0.5} for row in board)
     markdown = (out / "leaderboard.md").read_text()
     assert "| model | kind | method | lab_sums | lab_words |\n" in markdown
     assert "MGSM" not in markdown
     record = json.loads((out / "results" / "swap.json").read_text())
-    assert record["languages"]["lab_sums"]["filter"] == "flexible-extract"
+    assert record["columns"]["lab_sums"]["filter"] == "flexible-extract"
 
     card = out / "merges" / "swap" / "README.md"
     data, text = ModelCard.load(card).data, card.read_text()

@@ -15,9 +15,7 @@ def seeds(*margins: float) -> dict:
 
     def models(margin: float) -> dict:
         scores = {"layer-swap": 0.5 + margin, "math": 0.5, "lang": 0.1, "soup": 0.3}
-        return {
-            name: {"columns": {TARGET: {"exact_match": score}}} for name, score in scores.items()
-        }
+        return {name: {"columns": {TARGET: {"score": score}}} for name, score in scores.items()}
 
     return {str(i): {"models": models(m)} for i, m in enumerate(margins)}
 

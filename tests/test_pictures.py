@@ -58,7 +58,7 @@ def board_rows() -> list[dict]:
             "name": name,
             "kind": kind,
             "method": method,
-            "languages": {c: {"exact_match": score(i, j)} for j, c in enumerate(COLUMNS)},
+            "columns": {c: {"score": score(i, j)} for j, c in enumerate(COLUMNS)},
         }
         for i, (name, (kind, method)) in enumerate(MODELS.items())
     ]
@@ -74,7 +74,7 @@ def lab_data(seeds: int, max_gen_toks: int = 48) -> dict:
                 "kind": kind,
                 "method": method,
                 "columns": {
-                    c: {"exact_match": score(i, j, seed), "other_exact_match": score(i, j) / 2}
+                    c: {"score": score(i, j, seed), "other_score": score(i, j) / 2}
                     for j, c in enumerate(COLUMNS)
                 },
             }
@@ -108,8 +108,8 @@ def test_leaderboard_ranks_by_the_first_column_and_averages_nothing(tmp_path):
     table = board_rows()
     leaderboard.write(table, leaderboard.Columns(COLUMNS, mgsm=False), tmp_path)
     board = json.loads((tmp_path / "leaderboard.json").read_text())
-    assert all(set(row) == {"name", "kind", "method", "exact_match"} for row in board)
-    ranking = [(-row["exact_match"][COLUMNS[0]], row["name"]) for row in board]
+    assert all(set(row) == {"name", "kind", "method", "scores"} for row in board)
+    ranking = [(-row["scores"][COLUMNS[0]], row["name"]) for row in board]
     assert ranking == sorted(ranking)
     with (tmp_path / "leaderboard.csv").open() as handle:
         assert next(csv.reader(handle)) == ["name", "kind", "method", *COLUMNS]
@@ -239,4 +239,4 @@ def test_lab_md_commands_run_as_written(make_model, tmp_path):
             assert all(name in done.stdout for name in COLUMNS), done.stdout[-3000:]
     results = json.loads((out / "rescored" / "seed-0" / "results.json").read_text())
     assert len(results["models"]) == 4
-    assert all(list(model["languages"]) == COLUMNS for model in results["models"])
+    assert all(list(model["columns"]) == COLUMNS for model in results["models"])

@@ -84,17 +84,17 @@ def test_suite_end_to_end_then_nothing_reruns(aliases, mgsm_hf_dir, tmp_path, ca
     assert kinds["dare"] == ("merge", "dare_ties") and kinds["swap-t2-tr0"][0] == "sweep"
     for row in board:
         record = json.loads((out / "results" / f"{row['name']}.json").read_text())
-        assert set(row["exact_match"]) == {"sw", "en"}
+        assert set(row["scores"]) == {"sw", "en"}
         for code_ in ("sw", "en"):
-            assert row["exact_match"][code_] == record["languages"][code_]["exact_match"]
-            assert record["languages"][code_]["n"] == 2
+            assert row["scores"][code_] == record["columns"][code_]["score"]
+            assert record["columns"][code_]["n"] == 2
         assert "average" not in row  # sw and en are not averaged
-    first = [r["exact_match"]["sw"] for r in board]
+    first = [r["scores"]["sw"] for r in board]
     assert first == sorted(first, reverse=True)  # ranked by the first column
     with (out / "leaderboard.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert [r["name"] for r in table] == [r["name"] for r in board]
-    assert float(table[0]["sw"]) == pytest.approx(board[0]["exact_match"]["sw"])
+    assert float(table[0]["sw"]) == pytest.approx(board[0]["scores"]["sw"])
     assert list(table[0]) == ["name", "kind", "method", "sw", "en"]
     markdown = (out / "leaderboard.md").read_text()
     assert "| model | kind | method | sw | en |\n" in markdown and "**" in markdown
@@ -103,10 +103,10 @@ def test_suite_end_to_end_then_nothing_reruns(aliases, mgsm_hf_dir, tmp_path, ca
     # layer_swap merges get a card whose model-index holds their scores
     from huggingface_hub import ModelCard
 
-    scored = json.loads((out / "results" / "swap.json").read_text())["languages"]
+    scored = json.loads((out / "results" / "swap.json").read_text())["columns"]
     data = ModelCard.load(out / "merges" / "swap" / "README.md").data
     assert {r.dataset_config: r.metric_value for r in data.eval_results} == {
-        code_: scored[code_]["exact_match"] for code_ in ("sw", "en")
+        code_: scored[code_]["score"] for code_ in ("sw", "en")
     }
 
     # the saved config reproduces the merge with plain mergekit-yaml (DARE: with its seed)

@@ -7,7 +7,7 @@ Importing this package is cheap; lm-eval and torch load when an evaluation runs.
 from .columns import TaskSet, resolve
 from .identity import ModelIdentity, resolve_model
 from .mgsm import HEADLINE_FILTER, LANGUAGES, MODES, parse_languages
-from .results import EvalResults, LanguageResult, ModelResult, read_results, render_markdown
+from .results import ColumnResult, EvalResults, ModelResult, read_results, render_markdown
 from .run import evaluate_lm, evaluate_models
 from .settings import EvalSettings, parse_tasks
 
@@ -15,9 +15,9 @@ __all__ = [
     "HEADLINE_FILTER",
     "LANGUAGES",
     "MODES",
+    "ColumnResult",
     "EvalResults",
     "EvalSettings",
-    "LanguageResult",
     "ModelIdentity",
     "ModelResult",
     "TaskSet",

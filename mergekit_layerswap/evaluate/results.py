@@ -20,40 +20,67 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 
 
+#: The MGSM-era keys of results.json, suite records (results/NAME.json) and cache entries,
+#: old -> new: files written before the names were task-neutral read the same.
+_OLD_KEYS = {
+    "languages": "columns",
+    "exact_match": "score",
+    "exact_match_stderr": "stderr",
+    "other_exact_match": "other_score",
+    "other_exact_match_stderr": "other_stderr",
+}
+
+
+def _renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with the keys of `_OLD_KEYS` under their new names (old files read the same)."""
+    return {_OLD_KEYS.get(key, key): value for key, value in data.items()}
+
+
 @dataclass(frozen=True)
-class LanguageResult:
+class ColumnResult:
     """One model on one column (an MGSM language or an lm-eval task): the headline score and
     the same metric under the task's other filter.
 
-    `exact_match` holds the headline score, whose metric and filter are `metric` and `filter`:
-    `exact_match` with `flexible-extract` for MGSM (and any task that reports it), else the
-    task's first metric and filter. A stderr is None where lm-eval gives none (a single
-    sample); the other filter and its scores are None when the task has only one filter.
+    `score` is the headline, whose metric and filter are `metric` and `filter`: `exact_match`
+    with `flexible-extract` for MGSM (and any task that reports it), else the task's first
+    metric and filter. A stderr is None where lm-eval gives none (a single sample); the other
+    filter and its scores are None when the task has only one filter.
     """
 
     task: str
     n: int
-    exact_match: float
-    exact_match_stderr: float | None
+    score: float
+    stderr: float | None
     other_filter: str | None
-    other_exact_match: float | None
-    other_exact_match_stderr: float | None
+    other_score: float | None
+    other_stderr: float | None
     metric: str = "exact_match"
     filter: str = HEADLINE_FILTER
     dataset: str | None = None  # the task's dataset_path (MGSM: the Hub dataset)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ColumnResult:
+        """The result written as `data` (with the current names or the old ones)."""
+        return cls(**_renamed(data))
+
+
+def columns_json(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The per-column results of a results.json model entry or a suite record, as JSON
+    objects with the current names, also where it was written with the old ones."""
+    return {column: _renamed(result) for column, result in _renamed(record)["columns"].items()}
+
 
 @dataclass(frozen=True)
 class ModelResult:
-    """A model's scores; `languages` maps each column (language code or task name) to it."""
+    """A model's scores; `columns` maps each column (language code or task name) to it."""
 
     identity: ModelIdentity
-    languages: dict[str, LanguageResult]
+    columns: dict[str, ColumnResult]
 
     @property
     def average(self) -> float:
         """Unweighted mean of the headline score over the columns."""
-        scores = [result.exact_match for result in self.languages.values()]
+        scores = [result.score for result in self.columns.values()]
         return sum(scores) / len(scores)
 
 
@@ -68,7 +95,7 @@ class EvalResults:
         """The languages (MGSM) or the tasks, in order."""
         if self.settings.is_mgsm or not self.models:
             return self.settings.languages
-        return tuple(self.models[0].languages)
+        return tuple(self.models[0].columns)
 
     def to_json(self) -> dict[str, Any]:
         mgsm = self.settings.is_mgsm
@@ -81,7 +108,7 @@ class EvalResults:
                 {
                     "identity": asdict(model.identity),
                     "average": model.average,
-                    "languages": {code: asdict(r) for code, r in model.languages.items()},
+                    "columns": {column: asdict(r) for column, r in model.columns.items()},
                 }
                 for model in self.models
             ],
@@ -92,7 +119,7 @@ class EvalResults:
         models = [
             ModelResult(
                 ModelIdentity(**entry["identity"]),
-                {code: LanguageResult(**r) for code, r in entry["languages"].items()},
+                {column: ColumnResult(**r) for column, r in columns_json(entry).items()},
             )
             for entry in data["models"]
         ]
@@ -175,7 +202,7 @@ def _table(results: EvalResults, score: str) -> list[str]:
         "|---|" + "---:|" * (len(columns) + 1),
     ]
     for model in results.models:
-        values = [getattr(model.languages[column], score) for column in columns]
+        values = [getattr(model.columns[column], score) for column in columns]
         known = [v for v in values if v is not None]
         average = sum(known) / len(known) if len(known) == len(values) else None
         cells = [_percent(v) for v in values] + [_percent(average)]
@@ -185,7 +212,7 @@ def _table(results: EvalResults, score: str) -> list[str]:
 
 def _headings(results: EvalResults) -> tuple[str, str, list[str]]:
     """The two tables' headings and, for tasks, a line naming each task's metric and filters."""
-    first = results.models[0].languages if results.models else {}
+    first = results.models[0].columns if results.models else {}
     if results.settings.is_mgsm:
         other = next((r.other_filter for r in first.values()), None)
         return f"exact_match, `{HEADLINE_FILTER}` (headline, %)", f"exact_match, `{other}` (%)", []
@@ -200,7 +227,7 @@ def _headings(results: EvalResults) -> tuple[str, str, list[str]]:
 def render_markdown(results: EvalResults) -> str:
     """Models × columns tables (scores in %), headline first, then the other filter."""
     s = results.settings
-    n = sorted({r.n for m in results.models for r in m.languages.values()})
+    n = sorted({r.n for m in results.models for r in m.columns.values()})
     version = results.versions.get("lm_eval", "?")
     if s.is_mgsm:
         what = f"`mgsm_{s.mode}_*` tasks, {s.num_fewshot}-shot, greedy"
@@ -220,11 +247,11 @@ def render_markdown(results: EvalResults) -> str:
         *scored,
         f"## {headline}",
         "",
-        *_table(results, "exact_match"),
+        *_table(results, "score"),
         "",
         f"## {other}",
         "",
-        *_table(results, "other_exact_match"),
+        *_table(results, "other_score"),
         "",
     ]
     return "\n".join(lines)

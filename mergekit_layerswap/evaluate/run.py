@@ -32,8 +32,8 @@ from .mgsm import HUB_DATASET, task_manager, task_name, write_task_group
 from .quiet import quiet
 from .results import (
     RESULTS_JSON,
+    ColumnResult,
     EvalResults,
-    LanguageResult,
     ModelResult,
     combine,
     differences,
@@ -46,10 +46,10 @@ from .settings import EvalSettings
 LOCK_FILE = ".layerswap-eval.lock"
 
 
-class LanguageRun(NamedTuple):
+class ColumnRun(NamedTuple):
     """A freshly scored column: its result and lm-eval's per-sample records."""
 
-    result: LanguageResult
+    result: ColumnResult
     samples: list[dict[str, Any]]
 
 
@@ -70,7 +70,7 @@ class ResultCache:
     ) -> dict[str, Any]:
         return {
             "model": identity.fingerprint,
-            "language": column,
+            "language": column,  # named before tasks: kept, so earlier caches still hit
             **task_set.key(column),
             **settings.scoring_key(),
             "versions": versions,
@@ -80,19 +80,19 @@ class ResultCache:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         return self.directory / f"{digest[:32]}{suffix}"
 
-    def load(self, key: dict[str, Any]) -> LanguageResult | None:
+    def load(self, key: dict[str, Any]) -> ColumnResult | None:
         """The cached result, or None (the result file is written last, so it means complete).
         An entry that does not read back (truncated, edited) is named once and scored again."""
         path = self._path(key, ".json")
         if not path.is_file():
             return None
         try:
-            return LanguageResult(**json.loads(path.read_bytes())["result"])
+            return ColumnResult.from_json(json.loads(path.read_bytes())["result"])
         except (ValueError, TypeError, KeyError) as error:  # JSON, UTF-8, fields
             print(f"note: ignoring unreadable cache entry {path} ({first_line(error)})", flush=True)
             return None
 
-    def store(self, key: dict[str, Any], run: LanguageRun) -> None:
+    def store(self, key: dict[str, Any], run: ColumnRun) -> None:
         from lm_eval.utils import handle_non_serializable
 
         lines = (
@@ -119,18 +119,18 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def column_result(output: dict[str, Any], task: str, dataset: str | None) -> LanguageResult:
+def column_result(output: dict[str, Any], task: str, dataset: str | None) -> ColumnResult:
     """Pick one task's headline and other-filter scores out of `simple_evaluate`'s output."""
     scores = output["results"][task]
     metric, chosen, other = columns.headline(output["configs"][task], scores)
-    return LanguageResult(
+    return ColumnResult(
         task=task,
         n=int(output["n-samples"][task]["effective"]),
-        exact_match=float(scores[f"{metric},{chosen}"]),
-        exact_match_stderr=_number(scores.get(f"{metric}_stderr,{chosen}")),
+        score=float(scores[f"{metric},{chosen}"]),
+        stderr=_number(scores.get(f"{metric}_stderr,{chosen}")),
         other_filter=other,
-        other_exact_match=float(scores[f"{metric},{other}"]) if other else None,
-        other_exact_match_stderr=_number(scores.get(f"{metric}_stderr,{other}")),
+        other_score=float(scores[f"{metric},{other}"]) if other else None,
+        other_stderr=_number(scores.get(f"{metric}_stderr,{other}")),
         metric=metric,
         filter=chosen,
         dataset=dataset,
@@ -143,7 +143,7 @@ def evaluate_lm(
     units: Sequence[str] | None = None,
     *,
     task_set: TaskSet | None = None,
-) -> dict[str, LanguageRun]:
+) -> dict[str, ColumnRun]:
     """Score an lm-eval `LM` in one lm-eval run; returns a run per column.
 
     `units` (default: all of the settings') are MGSM language codes, or the task and group
@@ -176,7 +176,7 @@ def evaluate_lm(
             task, dataset = task_name(settings.mode, column), HUB_DATASET
         else:
             task, dataset = column, output["configs"][column].get("dataset_path")
-        runs[column] = LanguageRun(column_result(output, task, dataset), output["samples"][task])
+        runs[column] = ColumnRun(column_result(output, task, dataset), output["samples"][task])
     return runs
 
 
@@ -301,16 +301,16 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _describe(column: str, result: LanguageResult, cached: bool) -> str:
-    stderr = result.exact_match_stderr
+def _describe(column: str, result: ColumnResult, cached: bool) -> str:
+    stderr = result.stderr
     spread = f" ± {100 * stderr:.1f}" if stderr is not None else ""
     other = (
-        f"; {result.other_filter} {100 * result.other_exact_match:.1f}%"
-        if result.other_exact_match is not None
+        f"; {result.other_filter} {100 * result.other_score:.1f}%"
+        if result.other_score is not None
         else ""
     )
     return (
-        f"  {column}: {result.metric} {100 * result.exact_match:.1f}%{spread} (n={result.n}"
+        f"  {column}: {result.metric} {100 * result.score:.1f}%{spread} (n={result.n}"
         f"{other})" + (" [cached]" if cached else "")
     )
 
@@ -375,7 +375,7 @@ def _score(
             + (f", limit {settings.limit})" if settings.limit else ")"),
             flush=True,
         )
-        runs: dict[str, LanguageRun] = {}
+        runs: dict[str, ColumnRun] = {}
         if missing:
             lm = load_lm(identity, settings, device)
             runs = evaluate_lm(lm, settings, missing, task_set=task_set)

@@ -26,7 +26,7 @@ from mergekit_layerswap.suite.leaderboard import Bar, picture, png
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-FILTERS = (("flexible-extract", "exact_match"), ("strict-match", "other_exact_match"))
+FILTERS = (("flexible-extract", "score"), ("strict-match", "other_score"))
 LANGUAGE_NAMES = {"en": "English", "sw": "Swahili"}
 PICTURE = "lab.png"
 

@@ -221,6 +221,7 @@ def designated_swap(result) -> dict:
 def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, excluded, log):
     """One seed end to end; returns {model name: {column: result record}} and the swap."""
     from mergekit_layerswap import analysis
+    from mergekit_layerswap.evaluate.results import columns_json
     from mergekit_layerswap.suite.runner import run_suite
     from mergekit_layerswap.suite.schema import parse_suite
 
@@ -258,7 +259,7 @@ def run_seed(settings: LabSettings, seed: int, out: Path, task_folder: Path, exc
         scores[record["name"]] = {
             "kind": record["kind"],
             "method": record["method"],
-            "columns": record["languages"],
+            "columns": columns_json(record),
         }
     return scores, swap, measured
 

@@ -50,7 +50,7 @@ def judge(
     ...}}}) on `target_column` (flexible-extract), given each seed's preconditions."""
 
     def score(seed: dict, name: str) -> float:
-        return seed["models"][name]["columns"][target_column]["exact_match"] or 0.0
+        return seed["models"][name]["columns"][target_column]["score"] or 0.0
 
     margins = [score(s, SWAP) - max(score(s, r) for r in RIVALS) for s in seeds.values()]
     n = len(margins)

@@ -15,7 +15,7 @@ from typing import Any
 from mergekit_layerswap import checkpoint, swap, validate
 from mergekit_layerswap.evaluate.columns import TaskSet
 from mergekit_layerswap.evaluate.quiet import quiet
-from mergekit_layerswap.evaluate.run import LanguageRun, evaluate_lm
+from mergekit_layerswap.evaluate.run import ColumnRun, evaluate_lm
 from mergekit_layerswap.evaluate.settings import EvalSettings
 
 
@@ -74,7 +74,7 @@ class InMemorySweep:
         self.model.load_state_dict(merged, assign=True, strict=True)
         return self.model
 
-    def score(self, config: dict) -> dict[str, LanguageRun]:
+    def score(self, config: dict) -> dict[str, ColumnRun]:
         """Build the variant and score it on the settings' columns."""
         from lm_eval.models.huggingface import HFLM
 

@@ -3,9 +3,9 @@ task). No average is taken: the columns measure different things.
 
 Rows are ranked by the first column (the target language, or the first task), then by name.
 Written as `leaderboard.md` (best per column in bold), `leaderboard.csv`, `leaderboard.json`
-(a list of rows; the per-column scores under `exact_match`, the headline key of results
-files) and `leaderboard.png` (see `picture`: one panel and colour per column, one row per
-model, grouped by kind). `picture` also draws the lab's `lab.png`.
+(a list of rows; the per-column headline scores under `scores`) and `leaderboard.png` (see
+`picture`: one panel and colour per column, one row per model, grouped by kind). `picture`
+also draws the lab's `lab.png`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mergekit_layerswap.evaluate.results import columns_json
 from mergekit_layerswap.files import write_atomic
 
 if TYPE_CHECKING:
@@ -55,39 +56,35 @@ class Columns:
         )
 
 
-def rows(records: list[dict], languages: list[str]) -> list[dict]:
-    """Leaderboard rows from stored results (`languages`: the column names), ranked by the
+def rows(records: list[dict], columns: list[str]) -> list[dict]:
+    """Leaderboard rows from stored results (`columns`: the column names), ranked by the
     first column, then by name."""
-    table = [
-        {
-            "name": record["name"],
-            "kind": record["kind"],
-            "method": record["method"],
-            "exact_match": {code: record["languages"][code]["exact_match"] for code in languages},
-        }
-        for record in records
-    ]
-    return sorted(table, key=lambda row: (-row["exact_match"][languages[0]], row["name"]))
+    table = []
+    for record in records:
+        scored = columns_json(record)
+        row = {key: record[key] for key in ("name", "kind", "method")}
+        table.append({**row, "scores": {column: scored[column]["score"] for column in columns}})
+    return sorted(table, key=lambda row: (-row["scores"][columns[0]], row["name"]))
 
 
 def markdown(table: list[dict], columns: Columns) -> str:
     """A Markdown table; the best score of each column is bold."""
     if not table:
         return "(no scored models)"
-    languages = columns.names
-    best = {code: max(row["exact_match"][code] for row in table) for code in languages}
+    names = columns.names
+    best = {column: max(row["scores"][column] for row in table) for column in names}
 
     def cell(row: dict, column: str) -> str:
-        value = row["exact_match"][column]
+        value = row["scores"][column]
         text = f"{100 * value:.1f}"
         return f"**{text}**" if value == best[column] else text
 
     lines = [
-        "| model | kind | method | " + " | ".join(languages) + " |",
-        "|---|---|---|" + "---:|" * len(languages),
+        "| model | kind | method | " + " | ".join(names) + " |",
+        "|---|---|---|" + "---:|" * len(names),
     ]
     for row in table:
-        scores = " | ".join(cell(row, code) for code in languages)
+        scores = " | ".join(cell(row, column) for column in names)
         lines.append(f"| {row['name']} | {row['kind']} | {row['method']} | {scores} |")
     return "\n".join(lines) + f"\n\n{columns.caption}"
 
@@ -182,7 +179,7 @@ def plot(table: list[dict], board: Columns) -> Figure:
         groups[KINDS[row["kind"]]].append(
             Bar(
                 row["name"] + method,
-                {c: 100 * row["exact_match"][c] for c in board.names},
+                {c: 100 * row["scores"][c] for c in board.names},
                 marked=row["kind"] == "input"
                 or (row["kind"] == "merge" and row["method"] in MARKED_METHODS),
             )
@@ -197,16 +194,15 @@ def plot(table: list[dict], board: Columns) -> Figure:
 
 def write(table: list[dict], columns: Columns, out_dir: Path) -> None:
     """Write leaderboard.md, .csv, .json and .png into `out_dir`."""
-    languages = columns.names
+    names = columns.names
     write_atomic(out_dir / "leaderboard.md", markdown(table, columns) + "\n")
     write_atomic(out_dir / "leaderboard.json", json.dumps(table, indent=2))
     text = io.StringIO(newline="")
     writer = csv.writer(text)
-    writer.writerow(["name", "kind", "method", *languages])
+    writer.writerow(["name", "kind", "method", *names])
     for row in table:
         writer.writerow(
-            [row["name"], row["kind"], row["method"]]
-            + [f"{row['exact_match'][c]:.6f}" for c in languages]
+            [row["name"], row["kind"], row["method"]] + [f"{row['scores'][c]:.6f}" for c in names]
         )
     write_atomic(out_dir / "leaderboard.csv", text.getvalue())
     if table:

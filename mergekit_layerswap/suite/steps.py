@@ -80,7 +80,7 @@ def eval_step(context: Context, step: Step, sweep: InMemorySweep | None = None) 
     if entry.in_memory:
         runs = (sweep or new_sweep(context, step)).score(entry.config)
         scores = {code: asdict(run.result) for code, run in runs.items()}
-        store.write_result(step.key, step.eval_key, {**record, "languages": scores})
+        store.write_result(step.key, step.eval_key, {**record, "columns": scores})
         return
     results = evaluate_models(
         [_model_path(entry, store)],
@@ -90,8 +90,8 @@ def eval_step(context: Context, step: Step, sweep: InMemorySweep | None = None) 
         replace=True,
         task_set=context.task_set,
     )
-    scores = {code: asdict(r) for code, r in results.models[0].languages.items()}
-    store.write_result(step.key, step.eval_key, {**record, "languages": scores})
+    scores = {code: asdict(r) for code, r in results.models[0].columns.items()}
+    store.write_result(step.key, step.eval_key, {**record, "columns": scores})
     if entry.method == validate.METHOD:
         card.write_card(store.merge_dir(entry.name), results)
     if entry.kind != "input" and not context.keep_weights and entry.name not in context.pushed:
