@@ -268,8 +268,9 @@ def measure_preconditions(
     settings: LabSettings, seed: int, folder: Path, models: dict[str, Path], swap: dict, excluded
 ) -> list[dict]:
     """The seed's preconditions (`preconditions.measure`), kept in PRECONDITIONS_FILE and
-    reused while the analysis they depend on is the same."""
-    path, key = folder / PRECONDITIONS_FILE, _stage_key(settings, seed, "analysis")
+    reused while the analysis they depend on and the generation length are the same."""
+    path = folder / PRECONDITIONS_FILE
+    key = _stage_key(settings, seed, "analysis") | {"max_gen_toks": settings.max_gen_toks}
     with contextlib.suppress(OSError, ValueError):
         kept = json.loads(path.read_text())
         if kept["key"] == key:

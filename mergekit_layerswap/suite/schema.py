@@ -347,13 +347,13 @@ def parse_suite(raw: Any, base_dir: str | Path | None = None, found: Sequence[st
         Entry(alias, "input", "-", model=aliases.resolve(alias, f"evaluate_inputs[{i}]"))
         for i, alias in enumerate(spec.evaluate_inputs)
     ]
-    listed = [("merges", merge) for merge in spec.merges]
-    for i, (key, merge) in enumerate(listed + [("baselines", m) for m in spec.baselines]):
+    numbered = [(f"merges[{i}]", merge) for i, merge in enumerate(spec.merges)]
+    numbered += [(f"baselines[{i}]", merge) for i, merge in enumerate(spec.baselines)]
+    for where, merge in numbered:
         if spec.dtype and isinstance(merge, dict):
             merge.setdefault("dtype", spec.dtype)
         before = len(problems)
-        index = i if key == "merges" else i - len(listed)
-        entry = _merge_entry(f"{key}[{index}]", merge, aliases, spec.seed)
+        entry = _merge_entry(where, merge, aliases, spec.seed)
         if entry is not None and len(problems) == before:  # resolved: check the method too
             problems += [f"{entry.name}: {p}" for p in _merge_problems(entry.config)]
         entries += [entry] if entry is not None else []
