@@ -14,7 +14,7 @@ import yaml
 
 from mergekit_layerswap import cli
 from mergekit_layerswap.errors import RunError
-from mergekit_layerswap.lab import language, preconditions, run, samplers, testsets
+from mergekit_layerswap.lab import language, preconditions, run, samplers, testsets, train
 from mergekit_layerswap.lab.settings import LabSettings
 
 #: The CI form: one seed, the tiny size, fewer test problems and steps than `demo`.
@@ -76,7 +76,7 @@ def test_training_is_deterministic(tmp_path):
     more_seeds = settings.model_copy(update={"seeds": 3, "device": "cpu", "max_gen_toks": 9})
     run.train_models(more_seeds, 0, tmp_path / "a", excluded, quiet)  # reused, not retrained
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
-    modular = settings.model_copy(update={"modular": True})
+    modular = settings.model_copy(update={"experts": "frozen"})
     run.train_models(modular, 0, tmp_path / "a", excluded, quiet)  # new experts, same base
     assert (tmp_path / "a" / "base" / "model.safetensors").stat().st_mtime_ns == stamps[
         tmp_path / "a" / "base" / "model.safetensors"
@@ -88,6 +88,46 @@ def test_training_is_deterministic(tmp_path):
     assert (other["base"] / "model.safetensors").read_bytes() != (
         first["base"] / "model.safetensors"
     ).read_bytes()
+
+
+def test_subword_tokenizer_shares_pieces_and_keeps_numbers_whole(tmp_path):
+    """The subword design: rare words split into pieces that both languages use, every number
+    one token, and decoding writes what the word-level tokenizer writes."""
+    word = train.build_tokenizer(tmp_path / "word", "word")
+    subword = train.build_tokenizer(tmp_path / "subword", "subword")
+    assert train.load_tokenizer(tmp_path / "subword").get_vocab() == subword.get_vocab()
+    for number in ("0", "7", "81", "200"):
+        assert len(subword.encode(number, add_special_tokens=False)) == 1
+    rng = random.Random(2)
+    english, swahili = language.pair(language.problem, rng)
+    pieces = {}
+    for item in (english, swahili):
+        text = language.as_text(item)
+        ids = subword.encode(text, add_special_tokens=False)
+        assert subword.unk_token_id not in ids
+        assert len(ids) > len(text.split())  # some words are split
+        assert subword.decode(ids) == word.decode(word.encode(text, add_special_tokens=False))
+        spelled = {t for t in subword.convert_ids_to_tokens(ids) if t.startswith("##")}
+        pieces[item.language] = spelled
+    assert pieces["en"] & pieces["sw"]  # pieces inside words, shared by both languages
+
+
+def test_reverted_experts_keep_only_their_part(tmp_path):
+    """`experts: reverted`: each expert trains every parameter, then whatever lies outside its
+    part is the base's, bit for bit (the math expert's middle layers, the language expert's
+    outer ones and embeddings differ from the base)."""
+    import torch
+    from safetensors.torch import load_file
+
+    settings = LabSettings(seeds=1, base_steps=4, expert_steps=4, experts="reverted")
+    excluded = testsets.build("sw", 4, settings.test_seed).excludes
+    quiet = lambda *_: lambda *_: None  # noqa: E731
+    paths = run.train_models(settings, 0, tmp_path, excluded, quiet)
+    base, math, lang = (load_file(paths[n] / "model.safetensors") for n in ("base", "math", "lang"))
+    outer = run._outer(settings.size)
+    for name, tensor in base.items():
+        assert torch.equal(math[name], tensor) == outer(name), name
+        assert torch.equal(lang[name], tensor) != outer(name), name
 
 
 @pytest.mark.slow

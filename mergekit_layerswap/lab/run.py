@@ -59,13 +59,9 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 #: The settings each stage's result depends on (how many seeds run, the device and the
 #: evaluation settings do not change a trained model or an analysis).
-_BASE = {"language", "size", "n_test", "test_seed", "base_steps", "base_lr", "mixture"}
-_STAGE_FIELDS = {
-    "base": _BASE,
-    "math": _BASE | {"expert_steps", "expert_lr", "modular"},
-    "lang": _BASE | {"expert_steps", "expert_lr", "modular"},
-    "analysis": _BASE | {"expert_steps", "expert_lr", "modular"},
-}
+_BASE = {"language", "size", "n_test", "test_seed", "base_steps", "base_lr", "mixture", "tokenizer"}
+_EXPERT = _BASE | {"expert_steps", "expert_lr", "experts"}
+_STAGE_FIELDS = {"base": _BASE, "math": _EXPERT, "lang": _EXPERT, "analysis": _EXPERT}
 
 
 def _stage_key(settings: LabSettings, seed: int, stage: str) -> dict:
@@ -90,8 +86,9 @@ def _publish(partial: Path, folder: Path, key: dict) -> Path:
 
 
 def _outer(size: str):
-    """Parameters of the modular language expert: everything outside the middle layers (the
-    bottom quarter and the top eighth of the stack, as in the paper's 5 + 2 of 32)."""
+    """The language expert's part (`frozen`/`reverted` experts): everything outside the middle
+    layers (the bottom quarter and the top eighth of the stack, as in the paper's 5 + 2 of
+    32, with the embeddings, final norm and head); the math expert's part is the rest."""
     layers = train.SIZES[size][1]
     bottom, top = max(1, layers // 4), max(1, layers // 8)
 
@@ -119,12 +116,12 @@ def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) 
     for path in paths.values():  # what a killed run left behind
         remove_stale_partials(path)
     partial = {n: folder / f".{n}.partial-{os.getpid()}" for n in names}
-    tokenizer = train.build_tokenizer(partial["base"])
     device = settings.device
     if _done(paths["base"], keys["base"]):
         base = AutoModelForCausalLM.from_pretrained(paths["base"], dtype=torch.float32)
-        shutil.rmtree(partial["base"])
+        tokenizer = train.load_tokenizer(paths["base"])
     else:
+        tokenizer = train.build_tokenizer(partial["base"], settings.tokenizer)
         base = train.new_model(settings.size, len(tokenizer), seed).to(device)
         schedule = train.Schedule(base_steps, settings.base_lr)
         train.train(
@@ -153,9 +150,11 @@ def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) 
             sampler,
             schedule,
             seed=seed + offset,
-            trainable=part if settings.modular else None,
+            trainable=part if settings.experts == "frozen" else None,
             progress=log(f"seed {seed}: fine-tuning the {what}", expert_steps),
         )
+        if settings.experts == "reverted":
+            train.revert(model, base, keep=part)
         _save(model, tokenizer, partial[name], paths[name])
         _publish(partial[name], paths[name], keys[name])
     return paths

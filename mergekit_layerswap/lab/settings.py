@@ -42,9 +42,17 @@ class LabSettings(BaseModel):
         }
     )
     max_gen_toks: PositiveInt = 48
-    #: Modular experts (Bandarkar & Peng 2025): the math expert trains only the middle layers,
-    #: the language expert only the embeddings, the outer layers, the final norm and the head.
-    modular: bool = False
+    tokenizer: Literal["word", "subword"] = Field(
+        "word",
+        description="word: one token per word; subword: word pieces learned from both "
+        "languages (BPE), numbers still whole",
+    )
+    experts: Literal["full", "frozen", "reverted"] = Field(
+        "full",
+        description="full: each expert trains every parameter; frozen: the math expert trains "
+        "only the middle layers, the language expert only the rest; reverted: every "
+        "parameter, then the rest is set back to the base's (Bandarkar & Peng 2025)",
+    )
 
     def steps(self) -> tuple[int, int]:
         base, expert = STEPS[self.size]

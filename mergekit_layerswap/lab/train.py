@@ -1,9 +1,10 @@
 """Tiny Llama models trained from scratch on the lab's two languages, on a CPU in minutes.
 
-A word-level tokenizer over the lab's closed vocabulary (every number 0-200 one token, so
-arithmetic is a lookup the tiny model can learn); `pretrain` a base from random weights;
-`fine_tune` an expert from it, optionally training only some layers (the modular experts of
-Bandarkar & Peng 2025). Runs are deterministic for a seed on one machine.
+A tokenizer over the lab's closed vocabulary (word-level or subword; every number 0-200 one
+token, so arithmetic is a lookup the tiny model can learn); `train` a base from random
+weights, then each expert from it, optionally training only some layers or reverting the
+rest afterwards (the modular experts of Bandarkar & Peng 2025). Runs are deterministic for
+a seed on one machine.
 """
 
 from __future__ import annotations
@@ -18,24 +19,72 @@ from mergekit_layerswap.lab import language
 
 #: Model sizes: (hidden size, layers, heads, intermediate size).
 SIZES = {"tiny": (128, 8, 4, 384), "small": (256, 12, 8, 768)}
-MAX_TOKENS = 96
+MAX_TOKENS = 128
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 
 
-def build_tokenizer(out_dir: Path):
-    """A word-level tokenizer (split on whitespace) over `language.vocabulary()`, saved."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+#: Word pieces the subword tokenizer learns (BPE) beyond its characters.
+SUBWORD_MERGES = 150
+
+
+def build_tokenizer(out_dir: Path, kind: str = "word"):
+    """A tokenizer over `language.vocabulary()`, saved to `out_dir`: `word`, one token per
+    word (split on whitespace); `subword`, BPE pieces learned from the words of both
+    languages at once (pieces shared across them where their spellings share them), with
+    every number 0-200 still one token, so arithmetic stays a lookup."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    words = [BOS, EOS, PAD, UNK, *language.vocabulary()]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=UNK))
+    special = [BOS, EOS, PAD, UNK]
+    words = language.vocabulary()
+    if kind == "word":
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(special + words)}, UNK))
+    else:
+        numbers = [w for w in words if w.isdigit()]
+        spelled = [w for w in words if not w.isdigit()]
+        tok = Tokenizer(models.BPE(unk_token=UNK, continuing_subword_prefix="##"))
+        alphabet = sorted({c for w in spelled for c in w})
+        size = len(special) + 2 * len(alphabet) + SUBWORD_MERGES  # letters, ##letters, merges
+        trainer = trainers.BpeTrainer(
+            vocab_size=size,
+            special_tokens=special,
+            initial_alphabet=alphabet,
+            continuing_subword_prefix="##",
+            show_progress=False,
+        )
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.train_from_iterator(_corpus(), trainer)
+        tok.add_tokens([AddedToken(n, single_word=True, normalized=False) for n in numbers])
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins pieces, words with spaces
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK
     )
     fast.save_pretrained(out_dir)
     return fast
+
+
+def _corpus(n: int = 1000) -> list[str]:
+    """Text in both languages, in the proportions the lab writes it, for learning the BPE
+    merges (frequent words become one piece, rare ones stay split): problems, reading items
+    and narration, from a fixed seed."""
+    rng = random.Random(0)
+    texts = []
+    for _ in range(n):
+        for lang in language.LANGUAGES:
+            texts += [
+                language.as_text(language.problem(rng, lang)),
+                language.as_text(language.reading_item(rng, lang)),
+                language.generic(rng, lang),
+            ]
+    return texts
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer `build_tokenizer` saved in `folder`."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def new_model(size: str, vocab_size: int, seed: int):
@@ -134,6 +183,18 @@ def _batch(tokenizer, pairs: list[tuple[str, str]]):
         keep = torch.tensor(mask)
         labels[i, : len(row)] = torch.where(keep, torch.tensor(row), torch.tensor(-100))
     return ids, labels
+
+
+def revert(model, base, keep: Callable[[str], bool]) -> None:
+    """Set every parameter of `model` outside `keep(name)` back to `base`'s, in place: an
+    expert trained in full, then reverted to its part (Bandarkar & Peng 2025)."""
+    import torch
+
+    before = dict(base.named_parameters())
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if not keep(name):
+                parameter.copy_(before[name])
 
 
 def layer_index(name: str) -> int | None:
