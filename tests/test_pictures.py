@@ -174,6 +174,11 @@ def test_lab_picture_marks_the_designated_swap_and_its_rivals(seeds):
     assert [to_hex(bars(axes)[0].get_facecolor()) for axes in figure.axes] == [
         to_hex(f"C{i}") for i in range(3)
     ]
+    note = figure._supxlabel.get_text().splitlines()
+    shown = {line.split(":")[0]: line for line in note}
+    for i, name in enumerate(preconditions.MEANINGS):  # lab_data: 0.1 (i + 1) against 0.3
+        cells = ", ".join([f"{0.1 * (i + 1):.2f} {'pass' if i >= 2 else 'FAIL'}"] * seeds)
+        assert shown[name] == f"{name}: {cells} (threshold 0.30)"
 
 
 def lab_commands(text: str) -> list[list[str]]:

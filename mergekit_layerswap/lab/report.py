@@ -261,9 +261,25 @@ def plot(data: dict) -> Figure:
     note = (
         f"flexible-extract; best first on {columns[0]} within each group. Rivals: the math "
         "and language experts and their soup. The best sweep variant is picked on the test set."
-        f"\nVerdict: {data['verdict']['kind']}" + (f" ({failed})" if failed else "")
+        f"\nVerdict: {data['verdict']['kind']}" + (f" ({failed})." if failed else ".")
     )
-    return picture(groups, columns, title, note)
+    return picture(groups, columns, title, "\n".join([note, *_precondition_lines(data)]))
+
+
+def _precondition_lines(data: dict) -> list[str]:
+    """One line per precondition for lab.png: its value on each seed, pass or FAIL, and the
+    threshold."""
+    seeds = list(data["seeds"].values())
+    lines = ["Preconditions, per seed (value pass/FAIL; threshold):"]
+    for name in MEANINGS:
+        found = [r for s in seeds for r in s.get("preconditions", []) if r["name"] == name]
+        if found:
+            values = ", ".join(
+                f"{r['value']:.2f} {'pass' if r['passed'] else 'FAIL'}" for r in found
+            )
+            thresholds = sorted({f"{r['threshold']:.2f}" for r in found})
+            lines.append(f"{name}: {values} (threshold {', '.join(thresholds)})")
+    return lines
 
 
 def write(data: dict, out: Path) -> list[Path]:

@@ -102,7 +102,8 @@ class Bar:
 def picture(groups: dict[str, list[Bar]], columns: list[str], title: str, note: str) -> Figure:
     """A figure: one panel per column (its own colour and scale), one row per model under its
     group's heading, the value printed at each bar's end (a zero bar shows as a thin line
-    and `0.0`); `note` goes under the panels, with a word on the scales."""
+    and `0.0`); `note` goes under the panels (each of its lines a paragraph), with a word on
+    the scales."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +114,9 @@ def picture(groups: dict[str, list[Bar]], columns: list[str], title: str, note: 
         if bars:
             slots += [(heading, None)] + [(bar.label, bar) for bar in bars]
     width = 2.0 + max(1.4, min(2.1, 7.0 / len(columns))) * len(columns)  # inches
-    lines = textwrap.wrap(f"{note} Each panel has its own scale.", int(13 * width))
+    first, *paragraphs = note.split("\n")
+    paragraphs = [f"{first} Each panel has its own scale.", *paragraphs]
+    lines = [line for text in paragraphs for line in textwrap.wrap(text, int(13 * width))]
     figure, panels = plt.subplots(
         1,
         len(columns),
