@@ -1,22 +1,29 @@
-"""The lab's preconditions for several designs, one seed each: can a design judge a swap?
+"""The lab's designs side by side: each design's preconditions, scores over seeds and verdict.
 
-Trains the base and both experts of each design (LabSettings overrides), runs `analyze` for
-the designated swap and measures every precondition (`lab.preconditions`), without merging or
-scoring anything; prints one row per design and writes OUT/designs.json.
+A design is a set of LabSettings overrides (DESIGNS). For each one this runs the whole lab
+(`run_lab`, resumable: a rerun reuses every finished stage) into OUT/<design>, then prints one
+row: each precondition's mean value and on how many seeds it passed, the designated swap and
+its rivals on target-language math (mean ± std over seeds), the margin and the verdict; all
+rows go to OUT/designs.json. `--screen` measures the preconditions of seed 0 only (base,
+experts, `analyze`, no merging or scoring), a few minutes per design.
 
-Usage: python bench/lab_designs.py OUT [--seed 0] [--threads 1]
+Usage: python bench/lab_designs.py OUT [--designs NAME ...] [--seeds 3] [--screen]
+[--threads 1]. One design from the command line: `mergekit-layerswap lab OUT --seeds 3
+--tokenizer subword --experts reverted`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
 from mergekit_layerswap import analysis
 from mergekit_layerswap.lab import preconditions, run, testsets
 from mergekit_layerswap.lab.settings import LabSettings
+from mergekit_layerswap.lab.verdict import RIVALS, SWAP
 
 DEFAULT_MIXTURE = LabSettings().mixture
 DESIGNS = {
@@ -26,53 +33,98 @@ DESIGNS = {
         "mixture": DEFAULT_MIXTURE
         | {"parallel": 0.25, "story_parallel": 0.15, "generic_en": 0.2, "arithmetic": 0.2}
     },
+    # a target language the base barely sees, so the language expert has something to add
+    "low-resource": {
+        "mixture": DEFAULT_MIXTURE
+        | {"generic_target": 0.02, "parallel": 0.06, "reading_target": 0.0}
+    },
     # gentler experts: a third of the learning rate (smaller, more local updates)
     "gentle": {"expert_lr": 3e-4},
     # modular experts (Bandarkar & Peng 2025): math trains the middle, language the outside
-    "modular": {"modular": True},
+    "frozen": {"experts": "frozen"},
+    # both train everything, then revert what lies outside their part (Bandarkar & Peng 2025)
+    "reverted": {"experts": "reverted"},
+    # word pieces shared across the languages (the in-vitro study of generated languages)
+    "subword": {"tokenizer": "subword"},
+    "subword-reverted": {"tokenizer": "subword", "experts": "reverted"},
 }
+
+
+def screen(settings: LabSettings, folder: Path) -> dict:
+    """Seed 0's preconditions, without merging or scoring."""
+    test = testsets.build(settings.language, settings.n_test, settings.test_seed)
+    quiet = lambda *_: lambda *_: None  # noqa: E731
+    models = run.train_models(settings, 0, folder / "models", test.excludes, quiet)
+    result = analysis.analyze(
+        str(models["base"]),
+        [("math", str(models["math"])), ("lang", str(models["lang"]))],
+        folder / "analysis",
+        host="math",
+        donor="lang",
+    )
+    swap = run.designated_swap(result)
+    change = {n: list(result.layer_change(n)) for n in ("math", "lang")}
+    found = preconditions.measure(
+        models,
+        swap,
+        change,
+        target=settings.language,
+        seed=0,
+        excluded=test.excludes,
+        max_tokens=settings.max_gen_toks,
+    )
+    return {"swap": swap, "preconditions": {"0": [p.record() for p in found]}}
+
+
+def scored(data: dict) -> dict:
+    """A lab run's row: preconditions per seed, target math of the swap and its rivals, the
+    verdict."""
+    target = data["columns"][0]
+    means = {name: data["summary"][name][target]["flexible-extract"] for name in (SWAP, *RIVALS)}
+    return {
+        "preconditions": {s: v["preconditions"] for s, v in data["seeds"].items()},
+        "swaps": [v["swap"] for v in data["seeds"].values()],
+        "target_math": means,
+        "verdict": {k: data["verdict"][k] for k in ("kind", "mean", "standard_error")},
+    }
+
+
+def cells(row: dict) -> str:
+    """Each precondition's mean value and pass count, then scores and verdict when scored."""
+    seeds = list(row["preconditions"].values())
+    parts = []
+    for name in preconditions.MEANINGS:
+        found = [r for records in seeds for r in records if r["name"] == name]
+        value = statistics.fmean(r["value"] for r in found)
+        parts.append(f"{name} {value:.2f} ({sum(r['passed'] for r in found)}/{len(found)})")
+    if "target_math" in row:
+        parts += [
+            f"{n} {100 * s['mean']:.1f}±{100 * s['std']:.1f}" for n, s in row["target_math"].items()
+        ]
+        verdict = row["verdict"]
+        parts.append(f"margin {100 * verdict['mean']:+.1f}: {verdict['kind']}")
+    return "  ".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--screen", action="store_true", help="seed 0's preconditions only")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    quiet = lambda *_: lambda *_: None  # noqa: E731
     rows = {}
-    with run.torch_threads(args.threads):
-        for name in args.designs:
-            start = time.time()
-            settings = LabSettings(seeds=1, **DESIGNS[name])
-            test = testsets.build(settings.language, settings.n_test, settings.test_seed)
-            folder = args.out / name
-            models = run.train_models(settings, args.seed, folder / "models", test.excludes, quiet)
-            result = analysis.analyze(
-                str(models["base"]),
-                [("math", str(models["math"])), ("lang", str(models["lang"]))],
-                folder / "analysis",
-                host="math",
-                donor="lang",
-            )
-            swap = run.designated_swap(result)
-            change = {n: list(result.layer_change(n)) for n in ("math", "lang")}
-            found = preconditions.measure(
-                models,
-                swap,
-                change,
-                target=settings.language,
-                seed=args.seed,
-                excluded=test.excludes,
-                max_tokens=settings.max_gen_toks,
-            )
-            rows[name] = {"swap": swap, "preconditions": [p.record() for p in found]}
-            cells = "  ".join(
-                f"{p.name} {p.value:.2f}/{p.threshold:.2f} {'ok' if p.passed else 'FAIL'}"
-                for p in found
-            )
-            print(f"{name:<9} {time.time() - start:5.0f} s  {cells}", flush=True)
+    for name in args.designs:
+        start = time.time()
+        settings = LabSettings(seeds=1 if args.screen else args.seeds, **DESIGNS[name])
+        folder = args.out / name
+        if args.screen:
+            with run.torch_threads(args.threads):
+                rows[name] = screen(settings, folder)
+        else:
+            rows[name] = scored(run.run_lab(folder, settings, threads=args.threads))
+        print(f"{name:<16} {time.time() - start:5.0f} s  {cells(rows[name])}", flush=True)
     (args.out / "designs.json").write_text(json.dumps(rows, indent=2))
 
 

@@ -182,7 +182,7 @@ def _suite(args: argparse.Namespace) -> int:
 #: The flags that say what `eval` scores: MGSM's languages or lm-eval tasks (one of them).
 _WHAT = ("languages", "tasks")
 #: LabSettings' fields that `lab` takes as flags (the rest are the lab's design).
-LAB_FLAGS = ("seeds", "language", "device", "size", "tokenizer", "experts")
+LAB_FLAGS = ("seeds", "language", "device", "size", "tokenizer", "experts", "n_test")
 
 
 def _add_lab(sub: Subparsers) -> None:

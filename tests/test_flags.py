@@ -51,9 +51,8 @@ def test_lab_flags_take_their_choices_and_defaults_from_lab_settings():
     found = flags(subcommand("lab"))
     for name in cli.LAB_FLAGS:
         info = LabSettings.model_fields[name]
-        choices = (
-            typing.get_args(info.annotation) if name in ("language", "size", "device") else None
-        )
+        literal = typing.get_origin(info.annotation) is typing.Literal
+        choices = typing.get_args(info.annotation) if literal else None
         assert tuple(found[name].choices or ()) == (choices or ())
         assert f"[default: {info.default}]" in found[name].help
     args = subcommand("demo").parse_args(["out"])

@@ -20,7 +20,11 @@ class LabSettings(BaseModel):
         "tiny", description="the models' size (small: for a GPU)"
     )
     device: Literal["cpu", "cuda"] = Field("cpu", description="where to train and score")
-    n_test: PositiveInt = 60  # problems per task
+    n_test: PositiveInt = Field(
+        60,
+        description="problems per test task (the verdict detects margins of about "
+        "2 sqrt(0.5 / (n_test x seeds)))",
+    )
     test_seed: int = 1000
     base_steps: PositiveInt | None = None  # default: STEPS[size]
     expert_steps: PositiveInt | None = None
