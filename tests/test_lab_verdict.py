@@ -70,3 +70,10 @@ def test_answers_are_read_after_the_answer_phrase():
 def test_the_replaced_layers_are_the_swaps_bottom_and_top():
     swap = {"donor": {"bottom": 2, "top": 1}, "transition": 0}
     assert preconditions.replaced_layers(swap, 8) == [0, 1, 7]
+
+
+def test_locality_is_the_share_of_the_math_gain_kept():
+    assert preconditions.kept_share(base=0.1, math=0.5, reset=0.3) == pytest.approx(0.5)
+    assert preconditions.kept_share(base=0.1, math=0.5, reset=0.05) == 0.0
+    # an expert that learned nothing keeps nothing (not "all of it")
+    assert preconditions.kept_share(base=0.03, math=0.03, reset=0.03) == 0.0

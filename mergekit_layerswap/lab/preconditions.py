@@ -18,12 +18,16 @@ from mergekit_layerswap.lab import language
 
 #: Items per measurement (problems, sentences, translation pairs).
 N_ITEMS = 100
+#: Raised whenever a measurement changes: kept measurements of another version are redone.
+VERSION = 2
 #: What each precondition's value is, and when it passes (lab.md prints these).
 MEANINGS = {
     "transfer": "the math expert's accuracy on target-language problems, against the copy "
     "floor (the accuracy of answering each question's first number) plus 5 points",
-    "locality": "the share of the math expert's English accuracy it keeps when the layers the "
-    "swap replaces are reset to the base's; passes at 0.5 or more",
+    "math_gain": "the math expert's accuracy on English problems minus the base's (a skill to "
+    "carry at all); passes at 0.10 or more",
+    "locality": "the share of that gain the math expert keeps when the layers the swap "
+    "replaces are reset to the base's (0 when there is no gain); passes at 0.5 or more",
     "language_gain": "the relative drop in held-out target-language loss, language expert "
     "against the base; passes at 0.10 or more",
     "alignment": "top-1 retrieval of each sentence's translation among "
@@ -33,7 +37,13 @@ MEANINGS = {
     "change in the outer quarter-layers over its middle ones, and the math expert's middle "
     "over its outer; passes above 1 (each expert changed where the paper finds it)",
 }
-_FIXED = {"locality": 0.5, "language_gain": 0.10, "alignment": 0.5, "change_profile": 1.0}
+_FIXED = {
+    "math_gain": 0.10,
+    "locality": 0.5,
+    "language_gain": 0.10,
+    "alignment": 0.5,
+    "change_profile": 1.0,
+}
 _NUMBER = re.compile(r"-?\d+")
 
 
@@ -161,6 +171,13 @@ def replaced_layers(swap: dict, num_layers: int) -> list[int]:
     return sorted({*range(bottom), *range(num_layers - top, num_layers)})
 
 
+def kept_share(base: float, math: float, reset: float) -> float:
+    """`locality`'s value: the share of the math expert's gain over the base (English
+    accuracy) left after the reset; 0 when there is no gain to keep."""
+    gain = math - base
+    return max(0.0, (reset - base) / gain) if gain > 0 else 0.0
+
+
 def profile_ratio(math_change: list[float], lang_change: list[float]) -> float:
     """`change_profile`'s value: min(language outer/middle, math middle/outer), outer being
     the first and last quarter of the layers."""
@@ -200,17 +217,19 @@ def measure(
         int(_NUMBER.findall(item.question)[0]) == item.answer_number for item in problems[target]
     ) / len(problems[target])
     transfer = accuracy(math, tokenizer, problems[target], max_tokens)
-    english = accuracy(math, tokenizer, problems["en"], max_tokens)
+    english = {"base": accuracy(base, tokenizer, problems["en"], max_tokens)}
+    english["math"] = accuracy(math, tokenizer, problems["en"], max_tokens)
     _reset(math, base, replaced_layers(swap, num_layers), num_layers)
-    kept = accuracy(math, tokenizer, problems["en"], max_tokens) / max(english, 1e-12)
+    english["reset"] = accuracy(math, tokenizer, problems["en"], max_tokens)
     rng = random.Random(104729 + seed)
     texts = [language.generic(rng, target) for _ in range(N_ITEMS)]
-    gain = 1 - _loss(lang, tokenizer, texts) / _loss(base, tokenizer, texts)
+    language_gain = 1 - _loss(lang, tokenizer, texts) / _loss(base, tokenizer, texts)
     pairs = [language.generic_pair(rng) for _ in range(N_ITEMS)]
     values = {
         "transfer": (transfer, copy_floor + 0.05),
-        "locality": (kept, _FIXED["locality"]),
-        "language_gain": (gain, _FIXED["language_gain"]),
+        "math_gain": (english["math"] - english["base"], _FIXED["math_gain"]),
+        "locality": (kept_share(**english), _FIXED["locality"]),
+        "language_gain": (language_gain, _FIXED["language_gain"]),
         "alignment": (_retrieval(base, tokenizer, pairs), _FIXED["alignment"]),
         "change_profile": (
             profile_ratio(change["math"], change["lang"]),

@@ -267,9 +267,13 @@ def measure_preconditions(
     settings: LabSettings, seed: int, folder: Path, models: dict[str, Path], swap: dict, excluded
 ) -> list[dict]:
     """The seed's preconditions (`preconditions.measure`), kept in PRECONDITIONS_FILE and
-    reused while the analysis they depend on and the generation length are the same."""
+    reused while the analysis they depend on, the generation length and the measurements'
+    version are the same."""
     path = folder / PRECONDITIONS_FILE
-    key = _stage_key(settings, seed, "analysis") | {"max_gen_toks": settings.max_gen_toks}
+    key = _stage_key(settings, seed, "analysis") | {
+        "max_gen_toks": settings.max_gen_toks,
+        "version": preconditions.VERSION,
+    }
     with contextlib.suppress(OSError, ValueError):
         kept = json.loads(path.read_text())
         if kept["key"] == key:
