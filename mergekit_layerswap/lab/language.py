@@ -253,6 +253,13 @@ def statement(item: Problem) -> str:
     return item.question.rsplit(" . ", 1)[0] + " ."
 
 
+def copy_floor(items: list[Problem]) -> float:
+    """The share of `items` whose answer is the first number of the question: what copying
+    that number scores."""
+    first = [next(int(w) for w in item.question.split() if w.isdigit()) for item in items]
+    return sum(n == item.answer_number for n, item in zip(first, items, strict=True)) / len(items)
+
+
 def as_text(item: Problem) -> str:
     """A problem as training text, in the prompt format the tests use."""
     q, a, _ = PROMPT[item.language]

@@ -213,9 +213,7 @@ def measure(
     problems = {
         code: _items(language.problem, code, 7919 + seed, excluded) for code in ("en", target)
     }
-    copy_floor = sum(
-        int(_NUMBER.findall(item.question)[0]) == item.answer_number for item in problems[target]
-    ) / len(problems[target])
+    copy_floor = language.copy_floor(problems[target])
     transfer = accuracy(math, tokenizer, problems[target], max_tokens)
     english = {"base": accuracy(base, tokenizer, problems["en"], max_tokens)}
     english["math"] = accuracy(math, tokenizer, problems["en"], max_tokens)

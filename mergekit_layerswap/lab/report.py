@@ -107,7 +107,15 @@ def _glossary(data: dict) -> list[str]:
         "expert's own domain)",
     }
     lines = ["## What the names mean", ""]
-    lines += [f"- **{c}**: {about[c]}; {data['tests'][c]['n']} problems." for c in columns]
+    for column in columns:
+        tests = data["tests"][column]
+        floor = tests.get("copy_floor")  # lab.json files from before it was recorded lack it
+        copying = (
+            f"; copying the question's first number scores {100 * floor:.1f} %"
+            if (floor is not None)
+            else ""
+        )
+        lines.append(f"- **{column}**: {about[column]}; {tests['n']} problems{copying}.")
     lines += [
         "- **math**, **lang**: the math expert (the base fine-tuned on English word problems) "
         f"and the language expert (the base fine-tuned on {target} text, no math); **base**: "

@@ -132,8 +132,14 @@ def write(tests: TestSet, target: str, folder: Path, max_gen_toks: int = 48) -> 
 
 
 def summary(tests: TestSet) -> dict:
-    """Counts per task and kind (for lab.json)."""
+    """Counts per task and kind, and what copying the question's first number scores (for
+    lab.json and lab.md)."""
     return {
-        name: {"n": len(items), "kinds": sorted({p.kind for p in items}), "first": asdict(items[0])}
+        name: {
+            "n": len(items),
+            "kinds": sorted({p.kind for p in items}),
+            "copy_floor": language.copy_floor(items),
+            "first": asdict(items[0]),
+        }
         for name, items in tests.items.items()
     }
