@@ -47,6 +47,9 @@ DESIGNS = {
     # word pieces shared across the languages (the in-vitro study of generated languages)
     "subword": {"tokenizer": "subword"},
     "subword-reverted": {"tokenizer": "subword", "experts": "reverted"},
+    # a deeper, narrower base: a middle to keep, and less room per layer to keep the
+    # languages apart
+    "deep": {"size": "deep"},
 }
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 #: Steps per size: (base, each expert).
-STEPS = {"tiny": (500, 200), "small": (1500, 400)}
+STEPS = {"tiny": (500, 200), "deep": (500, 200), "small": (1500, 400)}
 
 
 class LabSettings(BaseModel):
@@ -16,8 +16,10 @@ class LabSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     seeds: PositiveInt = Field(3, description="pipelines to run, one per seed")
     language: Literal["sw"] = Field("sw", description="the target language")
-    size: Literal["tiny", "small"] = Field(
-        "tiny", description="the models' size (small: for a GPU)"
+    size: Literal["tiny", "deep", "small"] = Field(
+        "tiny",
+        description="the models' size (tiny: 8 layers, width 128; deep: 16 layers, width 64; "
+        "small: 12 layers, width 256, for a GPU)",
     )
     device: Literal["cpu", "cuda"] = Field("cpu", description="where to train and score")
     n_test: PositiveInt = Field(

@@ -18,7 +18,8 @@ from pathlib import Path
 from mergekit_layerswap.lab import language
 
 #: Model sizes: (hidden size, layers, heads, intermediate size).
-SIZES = {"tiny": (128, 8, 4, 384), "small": (256, 12, 8, 768)}
+#: deep: twice tiny's layers at half its width (a middle to keep, less room per layer).
+SIZES = {"tiny": (128, 8, 4, 384), "deep": (64, 16, 4, 192), "small": (256, 12, 8, 768)}
 MAX_TOKENS = 128
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 
