@@ -20,6 +20,7 @@ from mergekit_layerswap.evaluate.settings import DEFAULT_HF_BATCH_SIZE, EvalSett
 from mergekit_layerswap.files import write_atomic
 from mergekit_layerswap.lab import language, testsets
 from mergekit_layerswap.lab.preconditions import MEANINGS
+from mergekit_layerswap.lab.settings import LabSettings
 from mergekit_layerswap.lab.verdict import RIVALS, SWAP
 from mergekit_layerswap.suite.leaderboard import Bar, picture, png
 
@@ -94,6 +95,17 @@ def _ranked(data: dict) -> list[str]:
     return sorted(summary, key=lambda n: (-summary[n][target]["flexible-extract"]["mean"], n))
 
 
+#: The settings that name a design in lab.md (their descriptions are its glossary).
+DESIGN = ("size", "tokenizer", "experts")
+
+
+def _design(settings: dict) -> str:
+    """e.g. `size tiny, tokenizer word, experts full` (lab.json files from before a setting
+    existed lack it: its default)."""
+    defaults = LabSettings.model_fields
+    return ", ".join(f"{k} {settings.get(k, defaults[k].default)}" for k in DESIGN)
+
+
 def _glossary(data: dict) -> list[str]:
     settings, columns = data["settings"], data["columns"]
     target = LANGUAGE_NAMES[settings["language"]]
@@ -130,6 +142,7 @@ def _glossary(data: dict) -> list[str]:
         "seeds is above twice its standard error, *no effect* when it is not, and *cannot "
         "judge* when a precondition fails on most seeds or there is one seed.",
         *(f"- **{name}**: {meaning}." for name, meaning in MEANINGS.items()),
+        *(f"- **{k}** (design): {LabSettings.model_fields[k].description}." for k in DESIGN),
         "- **soup**: the plain 0.5/0.5 average of both experts; **task-arithmetic**, **ties**, "
         "**dare-ties**: both experts' changes from the base added to it (TIES and DARE-TIES "
         "keep half of the entries of each change, density 0.5).",
@@ -204,7 +217,7 @@ def markdown(data: dict, out: Path) -> str:
     lines = [
         "# Layer swapping in miniature",
         "",
-        f"{_seeds(n)}, size {settings['size']}, target language "
+        f"{_seeds(n)}; design: {_design(settings)}; target language "
         f"{LANGUAGE_NAMES[settings['language']]} ({settings['language']}). Exact match in %, "
         f"{spread}flexible-extract (strict-match in brackets); best first on {columns[0]}.",
         "",
