@@ -129,7 +129,7 @@ def _eval_settings(args: argparse.Namespace) -> EvalSettings:
         raise InputError("--data-dir is MGSM's: with --tasks, the task YAMLs say where data is")
     if args.batch_size and args.batch_size.isdigit():
         args.batch_size = int(args.batch_size)
-    return EvalSettings.checked(**given(args, EvalSettings))
+    return EvalSettings.checked(as_flags=True, **given(args, EvalSettings))
 
 
 def _eval(args: argparse.Namespace) -> int:

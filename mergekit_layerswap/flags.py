@@ -24,6 +24,11 @@ def _kinds(annotation: Any) -> tuple:
     return (annotation,)
 
 
+def flag(field: str) -> str:
+    """A settings field's command-line flag: `max_gen_toks` -> `--max-gen-toks`."""
+    return "--" + field.replace("_", "-")
+
+
 def add_flags(
     parser: argparse.ArgumentParser | argparse._ActionsContainer,
     model: type[BaseModel],
@@ -47,7 +52,7 @@ def add_flags(
             kwargs["choices"] = typing.get_args(kinds[0])
         elif kinds in ([int], [float]):
             kwargs["type"] = kinds[0]
-        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+        parser.add_argument(flag(name), **kwargs)
 
 
 def given(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:

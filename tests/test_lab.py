@@ -181,11 +181,12 @@ def test_lab_refuses_bad_input_before_training(tmp_path, capsys):
     a_file.write_text("")
     assert cli.main(["lab", str(a_file / "out")]) == 2
     argv = ["lab", str(tmp_path / "out"), "--seeds", "0", "--threads", "0", "--device", "cuda"]
-    assert cli.main(argv) == 2
+    assert cli.main([*argv, "--n-test", "0"]) == 2
     assert cli.main(["demo", str(tmp_path / "out"), "--threads", "-1"]) == 2
     err = capsys.readouterr().err
     assert "cannot write" in err or "not a" in err
     assert "--seeds: Input should be greater than 0" in err
+    assert "--n-test: Input should be greater than 0" in err  # the flag, as typed
     assert "--threads: 0 is not a thread count" in err and "--threads: -1" in err
     import torch
 

@@ -34,6 +34,15 @@ def test_eval_tasks_naming_no_task_is_refused_not_mgsm(spec, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_eval_settings_problems_name_the_flag(tmp_path, capsys):
+    """A bad `eval` setting is named by its flag (`--max-gen-toks`), not its field."""
+    out = tmp_path / "out"
+    argv = ["eval", str(tmp_path), "--languages", "sw", "--max-gen-toks", "0", "--output", str(out)]
+    assert cli.main(argv) == 2
+    assert "--max-gen-toks: Input should be greater than 0" in one_line(capsys, "eval")
+    assert not out.exists()
+
+
 def test_suite_tasks_naming_no_task_is_refused_not_mgsm(aliases):
     """A suite's `evaluation: {tasks: []}` silently scored MGSM instead."""
     raw = {"models": aliases, "evaluate_inputs": ["math"], "evaluation": {"tasks": []}}

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from ..errors import InputError
+from ..flags import flag
 from .mgsm import LANGUAGES, MAX_FEWSHOT, MODES, parse_languages
 
 
@@ -45,12 +46,16 @@ def _data_dir_from_env() -> Path | None:
     return Path(value) if value else None
 
 
-def problems(error: ValidationError, section: str = "") -> list[str]:
+def problems(error: ValidationError, section: str = "", as_flags: bool = False) -> list[str]:
     """A pydantic error as our lines: `section.field: message` (or `section: message` for
-    a problem of several fields)."""
+    a problem of several fields); with `as_flags`, `--field: message`, as the command line
+    spells it."""
     lines = []
     for item in error.errors():
-        where = ".".join(str(part) for part in (section, *item["loc"]) if part != "")
+        loc = item["loc"]
+        if as_flags and loc:
+            loc = (flag(str(loc[0])), *loc[1:])
+        where = ".".join(str(part) for part in (section, *loc) if part != "")
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key; remove it or check its spelling"
@@ -102,13 +107,13 @@ class EvalSettings(BaseModel):
     )
 
     @classmethod
-    def checked(cls, section: str = "", **values: Any) -> EvalSettings:
+    def checked(cls, section: str = "", as_flags: bool = False, **values: Any) -> EvalSettings:
         """The settings, or InputError with one line per problem, each naming its field
-        (under `section`, e.g. a suite file's `evaluation`)."""
+        (under `section`, e.g. a suite file's `evaluation`), or its flag (`as_flags`)."""
         try:
             return cls(**values)
         except ValidationError as error:
-            raise InputError(problems(error, section)) from None
+            raise InputError(problems(error, section, as_flags)) from None
 
     @model_validator(mode="before")
     @classmethod

@@ -43,12 +43,13 @@ def check_lab(out_dir: str | Path, threads: int | None, **values) -> LabSettings
     (settings, `--threads`, a `--device` this machine lacks, an output folder that cannot be
     written or lacks the space) before anything is trained or written."""
     from mergekit_layerswap.evaluate.run import check_writable
+    from mergekit_layerswap.evaluate.settings import problems as pydantic_problems
 
     problems, settings = [], None
     try:
         settings = LabSettings(**values)
     except ValidationError as error:
-        problems += [f"--{e['loc'][0]}: {e['msg']}" for e in error.errors()]
+        problems += pydantic_problems(error, as_flags=True)
     if threads is not None and threads < 1:
         problems.append(f"--threads: {threads} is not a thread count; give 1 or more")
     if values.get("device") == "cuda":
