@@ -3,9 +3,10 @@
 A design is a set of LabSettings overrides (DESIGNS). For each one this runs the whole lab
 (`run_lab`, resumable: a rerun reuses every finished stage) into OUT/<design>, then prints one
 row: each precondition's mean value and on how many seeds it passed, the designated swap and
-its rivals on target-language math (mean ± std over seeds), the margin and the verdict; all
-rows go to OUT/designs.json. `--screen` measures the preconditions of seed 0 only (base,
-experts, `analyze`, no merging or scoring), a few minutes per design.
+its rivals on target-language math (mean ± std over seeds), the margin and the verdict, as
+Markdown tables (OUT/designs.md; the rows in OUT/designs.json). `--screen` measures the
+preconditions of seed 0 only (base, experts, `analyze`, no merging or scoring), a few
+minutes per design.
 
 Usage: python bench/lab_designs.py OUT [--designs NAME ...] [--seeds 3] [--screen]
 [--threads 1]. One design from the command line: `mergekit-layerswap lab OUT --seeds 3
@@ -81,32 +82,51 @@ def screen(settings: LabSettings, folder: Path) -> dict:
 
 def scored(data: dict) -> dict:
     """A lab run's row: preconditions per seed, target math of the swap and its rivals, the
-    verdict."""
-    target = data["columns"][0]
+    math expert's English math, the verdict."""
+    target, english = data["columns"][0], data["columns"][1]
     means = {name: data["summary"][name][target]["flexible-extract"] for name in (SWAP, *RIVALS)}
     return {
         "preconditions": {s: v["preconditions"] for s, v in data["seeds"].items()},
         "swaps": [v["swap"] for v in data["seeds"].values()],
         "target_math": means,
+        "math_english": data["summary"]["math"][english]["flexible-extract"],
         "verdict": {k: data["verdict"][k] for k in ("kind", "mean", "standard_error")},
     }
 
 
-def cells(row: dict) -> str:
-    """Each precondition's mean value and pass count, then scores and verdict when scored."""
-    seeds = list(row["preconditions"].values())
-    parts = []
-    for name in preconditions.MEANINGS:
-        found = [r for records in seeds for r in records if r["name"] == name]
-        value = statistics.fmean(r["value"] for r in found)
-        parts.append(f"{name} {value:.2f} ({sum(r['passed'] for r in found)}/{len(found)})")
-    if "target_math" in row:
-        parts += [
-            f"{n} {100 * s['mean']:.1f}±{100 * s['std']:.1f}" for n, s in row["target_math"].items()
-        ]
-        verdict = row["verdict"]
-        parts.append(f"margin {100 * verdict['mean']:+.1f}: {verdict['kind']}")
-    return "  ".join(parts)
+def _percent(stats: dict) -> str:
+    return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
+
+
+def tables(rows: dict) -> str:
+    """designs.md: the preconditions per design (mean value, seeds passed), then the scores
+    and verdict of the scored designs."""
+    names = list(preconditions.MEANINGS)
+    lines = ["| design | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for design, row in rows.items():
+        records = [r for seed in row["preconditions"].values() for r in seed]
+        cells = []
+        for name in names:
+            found = [r for r in records if r["name"] == name]
+            if not found:  # measured before this precondition existed
+                cells.append("-")
+                continue
+            value = statistics.fmean(r["value"] for r in found)
+            cells.append(f"{value:.2f} ({sum(r['passed'] for r in found)}/{len(found)})")
+        lines.append(f"| {design} | " + " | ".join(cells) + " |")
+    scored_rows = {d: r for d, r in rows.items() if "target_math" in r}
+    if scored_rows:
+        heads = [f"{n} on target math" for n in (SWAP, *RIVALS)]
+        lines += ["", "| design | " + " | ".join(heads) + " | math on English | margin | verdict |"]
+        lines.append("|---|" + "---:|" * (len(heads) + 2) + "---|")
+        for design, row in scored_rows.items():
+            verdict = row["verdict"]
+            se = verdict["standard_error"]
+            margin = f"{100 * verdict['mean']:+.1f}" + (f" ± {100 * se:.1f}" if se else "")
+            cells = [_percent(s) for s in row["target_math"].values()]
+            cells += [_percent(row["math_english"]), margin, verdict["kind"]]
+            lines.append(f"| {design} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -127,8 +147,10 @@ def main() -> None:
                 rows[name] = screen(settings, folder)
         else:
             rows[name] = scored(run.run_lab(folder, settings, threads=args.threads))
-        print(f"{name:<16} {time.time() - start:5.0f} s  {cells(rows[name])}", flush=True)
+        print(f"{name}: {time.time() - start:.0f} s", flush=True)
     (args.out / "designs.json").write_text(json.dumps(rows, indent=2))
+    (args.out / "designs.md").write_text(tables(rows))
+    print(tables(rows))
 
 
 if __name__ == "__main__":
