@@ -48,6 +48,19 @@ def test_language_pairs_share_their_draw():
         assert set(text.split()) <= words  # the word-level tokenizer covers everything
 
 
+def test_english_keywords_bridge_every_kind_of_problem():
+    """transfer_keywords' items: each kind of Swahili problem with English operation words,
+    every word still in the vocabulary, the answer unchanged."""
+    words, rng = set(language.vocabulary()), random.Random(4)
+    english = {"gets", "gives", "buys", "Each", "has", "more", "then", "left"}
+    for kind in language.KINDS:
+        item = language.problem(rng, "sw", kind)
+        bridged = language.english_keywords(item)
+        assert set(bridged.question.split()) <= words
+        assert set(bridged.question.split()) & english, bridged.question
+        assert (bridged.answer_number, bridged.key) == (item.answer_number, item.key)
+
+
 def test_training_is_deterministic(tmp_path):
     """The same seed trains byte-identical models (a few steps are enough to tell); a rerun
     removes what a killed run left behind, and retrains only the stages whose settings

@@ -1,13 +1,15 @@
 """Keep an evaluation's terminal to progress, results and real warnings.
 
-Three sources of noise are silenced where they arise, only while `quiet()` is active:
+Four sources of noise are silenced where they arise, only while `quiet()` is active:
 
 - lm-eval records the git commit of the working directory with `git describe`, whose
   `fatal: not a git repository` reaches the terminal outside a checkout: the same lookup runs
   with git's stderr captured;
 - lm-eval warns about what this package asks for on purpose (a generation length, the number
   of exemplars, an in-memory model): those exact messages are dropped, every other one kept;
-- `datasets` draws progress bars while it prepares MGSM's small splits: turned off.
+- `datasets` draws progress bars while it prepares MGSM's small splits: turned off;
+- transformers draws a "Loading weights" bar for every model it loads: turned off
+  (`hf_bars_off`, also for the lab's own loads and saves).
 """
 
 from __future__ import annotations
@@ -54,6 +56,22 @@ def git_commit_hash() -> str | None:
 
 
 @contextmanager
+def hf_bars_off() -> Iterator[None]:
+    """transformers' progress bars (loading, saving a model) off while the block runs, then
+    as they were."""
+    from transformers.utils import logging as hf_logging
+
+    if not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+@contextmanager
 def quiet() -> Iterator[None]:
     """Silence the noise above while the block runs; restore everything after."""
     import datasets
@@ -70,4 +88,5 @@ def quiet() -> Iterator[None]:
         if datasets.is_progress_bar_enabled():
             datasets.disable_progress_bars()
             stack.callback(datasets.enable_progress_bars)
+        stack.enter_context(hf_bars_off())
         yield

@@ -253,6 +253,26 @@ def statement(item: Problem) -> str:
     return item.question.rsplit(" . ", 1)[0] + " ."
 
 
+#: Swahili operation words and their English (every one in the vocabulary).
+_OPERATION_WORDS = {
+    "anapata": "gets",
+    "zaidi": "more",
+    "anampa": "gives",
+    "amebaki": "left",
+    "ananunua": "buys",
+    "Kila": "Each",
+    "lina": "has",
+    "kisha": "then",
+}
+
+
+def english_keywords(item: Problem) -> Problem:
+    """A target-language problem with its operation words in English (`gets`, `gives`,
+    `buys`, `Each ... has`, `more`, `then`, `left`): the question with a lexical bridge."""
+    question = " ".join(_OPERATION_WORDS.get(w, w) for w in item.question.split())
+    return Problem(item.language, item.kind, question, item.answer, item.answer_number, item.key)
+
+
 def copy_floor(items: list[Problem]) -> float:
     """The share of `items` whose answer is the first number of the question: what copying
     that number scores."""

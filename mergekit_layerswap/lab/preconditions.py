@@ -14,16 +14,19 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mergekit_layerswap.evaluate.quiet import hf_bars_off
 from mergekit_layerswap.lab import language
 
 #: Items per measurement (problems, sentences, translation pairs).
 N_ITEMS = 100
 #: Raised whenever a measurement changes: kept measurements of another version are redone.
-VERSION = 2
+VERSION = 3
 #: What each precondition's value is, and when it passes (lab.md prints these).
 MEANINGS = {
     "transfer": "the math expert's accuracy on target-language problems, against the copy "
     "floor (the accuracy of answering each question's first number) plus 5 points",
+    "transfer_keywords": "the same on those problems with their operation words in English "
+    "(gets, gives, buys, each ... has, more, then, left), against the same floor",
     "math_gain": "the math expert's accuracy on English problems minus the base's (a skill to "
     "carry at all); passes at 0.10 or more",
     "locality": "the share of that gain the math expert keeps when the layers the swap "
@@ -57,7 +60,7 @@ class Precondition:
     def passed(self) -> bool:
         return (
             self.value > self.threshold
-            if self.name in ("transfer", "change_profile")
+            if self.name in ("transfer", "transfer_keywords", "change_profile")
             else (self.value >= self.threshold)
         )
 
@@ -68,7 +71,8 @@ class Precondition:
 def _load(folder: Path, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
+    with hf_bars_off():
+        model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.padding_side = "left"
     return model, tokenizer
@@ -215,6 +219,8 @@ def measure(
     }
     copy_floor = language.copy_floor(problems[target])
     transfer = accuracy(math, tokenizer, problems[target], max_tokens)
+    bridged = [language.english_keywords(item) for item in problems[target]]
+    keywords = accuracy(math, tokenizer, bridged, max_tokens)
     english = {"base": accuracy(base, tokenizer, problems["en"], max_tokens)}
     english["math"] = accuracy(math, tokenizer, problems["en"], max_tokens)
     _reset(math, base, replaced_layers(swap, num_layers), num_layers)
@@ -225,6 +231,7 @@ def measure(
     pairs = [language.generic_pair(rng) for _ in range(N_ITEMS)]
     values = {
         "transfer": (transfer, copy_floor + 0.05),
+        "transfer_keywords": (keywords, copy_floor + 0.05),
         "math_gain": (english["math"] - english["base"], _FIXED["math_gain"]),
         "locality": (kept_share(**english), _FIXED["locality"]),
         "language_gain": (language_gain, _FIXED["language_gain"]),

@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from mergekit_layerswap.errors import RunError, first_line
+from mergekit_layerswap.evaluate.quiet import hf_bars_off
 from mergekit_layerswap.files import write_atomic
 from mergekit_layerswap.lab import preconditions, samplers, testsets, train
 from mergekit_layerswap.lab.settings import LabSettings
@@ -118,7 +119,8 @@ def train_models(settings: LabSettings, seed: int, folder: Path, excluded, log) 
     partial = {n: folder / f".{n}.partial-{os.getpid()}" for n in names}
     device = settings.device
     if _done(paths["base"], keys["base"]):
-        base = AutoModelForCausalLM.from_pretrained(paths["base"], dtype=torch.float32)
+        with hf_bars_off():
+            base = AutoModelForCausalLM.from_pretrained(paths["base"], dtype=torch.float32)
         tokenizer = train.load_tokenizer(paths["base"])
     else:
         tokenizer = train.build_tokenizer(partial["base"], settings.tokenizer)

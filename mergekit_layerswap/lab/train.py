@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergekit_layerswap.evaluate.quiet import hf_bars_off
 from mergekit_layerswap.lab import language
 
 #: Model sizes: (hidden size, layers, heads, intermediate size).
@@ -207,12 +208,7 @@ def layer_index(name: str) -> int | None:
 def save(model, tokenizer, out_dir: Path) -> Path:
     """Save in float32 (a tiny model's fine-tuning deltas would partly round away in
     bfloat16) as safetensors, with the tokenizer: what merges and evaluations read."""
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()  # a "Writing model shards" bar for one tiny file is noise
-    try:
+    with hf_bars_off():  # a "Writing model shards" bar for one tiny file is noise
         model.save_pretrained(out_dir)
-    finally:
-        logging.enable_progress_bar()
     tokenizer.save_pretrained(out_dir)
     return out_dir

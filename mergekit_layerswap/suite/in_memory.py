@@ -14,7 +14,7 @@ from typing import Any
 
 from mergekit_layerswap import checkpoint, swap, validate
 from mergekit_layerswap.evaluate.columns import TaskSet
-from mergekit_layerswap.evaluate.quiet import quiet
+from mergekit_layerswap.evaluate.quiet import hf_bars_off, quiet
 from mergekit_layerswap.evaluate.run import ColumnRun, evaluate_lm
 from mergekit_layerswap.evaluate.settings import EvalSettings
 
@@ -34,7 +34,9 @@ class InMemorySweep:
 
         def load(reference: str):
             path = checkpoint.split_reference(reference)[0]
-            return AutoModelForCausalLM.from_pretrained(path, dtype="auto").to(device).eval()
+            with hf_bars_off():
+                model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+            return model.to(device).eval()
 
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.split_reference(host)[0])
         self.model, donor_model = load(host), load(donor)
