@@ -144,13 +144,16 @@ def test_reverted_experts_keep_only_their_part(tmp_path):
 
 
 @pytest.mark.slow
-def test_smallest_lab_is_not_degenerate_resumes_and_reruns_identically(tmp_path, monkeypatch):
+def test_smallest_lab_is_not_degenerate_resumes_and_reruns_identically(
+    tmp_path, monkeypatch, capsys
+):
     """One seed end to end: each expert scores above zero in its own domain, the experts
     differ, a rerun reuses everything, and scores recomputed from scratch are identical."""
     monkeypatch.chdir(tmp_path)
     out = Path("lab")  # relative, as a user types it (the suite once doubled it)
     settings = LabSettings(**CI)
     data = run.run_lab(out, settings, threads=1)
+    assert "Loading weights" not in capsys.readouterr().err  # transformers' bar per model
     math_sw, math_en, read_sw = data["columns"]
     scores = {
         name: {c: v["score"] for c, v in model["columns"].items()}
