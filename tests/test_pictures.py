@@ -178,7 +178,13 @@ def test_lab_picture_marks_the_designated_swap_and_its_rivals(seeds):
     shown = {line.split(":")[0]: line for line in note}
     for i, name in enumerate(preconditions.MEANINGS):  # lab_data: 0.1 (i + 1) against 0.3
         cells = ", ".join([f"{0.1 * (i + 1):.2f} {'pass' if i >= 2 else 'FAIL'}"] * seeds)
-        assert shown[name] == f"{name}: {cells} (threshold 0.30)"
+        assert shown[name] == f"{name}: {cells} (threshold 0.30)"  # the same on every seed
+    if seeds > 1:  # thresholds that differ (transfer's copy floor) are shown per seed, in order
+        data = lab_data(seeds)
+        for i, run in enumerate(data["seeds"].values()):
+            run["preconditions"][0]["threshold"] = 0.3 - 0.1 * i
+        note = report.plot(data)._supxlabel.get_text()
+        assert "(threshold 0.30, 0.20, 0.10)" in note
 
 
 def lab_commands(text: str) -> list[list[str]]:

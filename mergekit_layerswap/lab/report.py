@@ -298,8 +298,9 @@ def _precondition_lines(data: dict) -> list[str]:
             values = ", ".join(
                 f"{r['value']:.2f} {'pass' if r['passed'] else 'FAIL'}" for r in found
             )
-            thresholds = sorted({f"{r['threshold']:.2f}" for r in found})
-            lines.append(f"{name}: {values} (threshold {', '.join(thresholds)})")
+            thresholds = [f"{r['threshold']:.2f}" for r in found]  # per seed, in order
+            shown = thresholds[:1] if len(set(thresholds)) == 1 else thresholds
+            lines.append(f"{name}: {values} (threshold {', '.join(shown)})")
     return lines
 
 
