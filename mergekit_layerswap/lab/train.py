@@ -25,7 +25,9 @@ MAX_TOKENS = 128
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 
 
-#: Word pieces the subword tokenizer learns (BPE) beyond its characters.
+#: Word pieces the subword tokenizer learns (BPE) beyond its characters: the fewest, in
+#: steps of 25, that keep every step-by-step answer within the lab's 48 generated tokens
+#: (125 merges: answers of up to 49 tokens).
 SUBWORD_MERGES = 150
 
 
