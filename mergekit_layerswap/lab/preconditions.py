@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mergekit_layerswap.evaluate.quiet import hf_bars_off
-from mergekit_layerswap.lab import language
+from mergekit_layerswap.lab import language, train
 
 #: Items per measurement (problems, sentences, translation pairs).
 N_ITEMS = 100
@@ -159,8 +159,7 @@ def _reset(expert, base, layers: list[int], num_layers: int):
     base_state = base.state_dict()
     with torch.no_grad():
         for name, tensor in expert.state_dict().items():
-            parts = name.split(".")
-            index = int(parts[parts.index("layers") + 1]) if "layers" in parts else None
+            index = train.layer_index(name)
             outer = (0 in layers and "embed_tokens" in name) or (
                 num_layers - 1 in layers and (name.startswith("lm_head") or ".norm." in name)
             )
