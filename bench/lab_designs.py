@@ -25,6 +25,7 @@ from mergekit_layerswap import analysis
 from mergekit_layerswap.lab import preconditions, run, testsets
 from mergekit_layerswap.lab.settings import LabSettings
 from mergekit_layerswap.lab.verdict import RIVALS, SWAP
+from mergekit_layerswap.threads import torch_threads
 
 DEFAULT_MIXTURE = LabSettings().mixture
 DESIGNS = {
@@ -143,7 +144,7 @@ def main() -> None:
         settings = LabSettings(seeds=1 if args.screen else args.seeds, **DESIGNS[name])
         folder = args.out / name
         if args.screen:
-            with run.torch_threads(args.threads):
+            with torch_threads(args.threads):
                 rows[name] = screen(settings, folder)
         else:
             rows[name] = scored(run.run_lab(folder, settings, threads=args.threads))

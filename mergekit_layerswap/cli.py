@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from mergekit_layerswap.errors import InputError, RunError, first_line
 from mergekit_layerswap.flags import add_flags, given
 from mergekit_layerswap.options import LazyParser, add_merge_options, merge_options
+from mergekit_layerswap.threads import chosen_threads, threads_problems, torch_threads
 
 if TYPE_CHECKING:
     from mergekit_layerswap.evaluate import EvalSettings
@@ -199,13 +200,17 @@ def _add_lab(sub: Subparsers) -> None:
     demo.add_argument("out", metavar="OUT_DIR", help="models, suite and lab.md go here")
     demo.set_defaults(seeds=1)
     for parser in (lab, demo):
-        parser.add_argument(
-            "--threads",
-            type=int,
-            help="torch threads (default: $OMP_NUM_THREADS when set, else 1: the tiny models "
-            "gain little from more and slow down sharply on a busy machine)",
-        )
+        _add_threads(parser, "the tiny models")
         parser.set_defaults(handler=_lab)
+
+
+def _add_threads(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help=f"torch threads (default: $OMP_NUM_THREADS when set, else 1: {what} gain little "
+        "from more and slow down sharply on a busy machine)",
+    )
 
 
 def _lab_flags(lab: argparse.ArgumentParser) -> None:
@@ -216,13 +221,12 @@ def _lab_flags(lab: argparse.ArgumentParser) -> None:
 
 
 def _lab(args: argparse.Namespace) -> int:
-    from mergekit_layerswap.lab.preflight import check_lab, default_threads
+    from mergekit_layerswap.lab.preflight import check_lab
     from mergekit_layerswap.lab.run import run_lab
     from mergekit_layerswap.lab.settings import LabSettings
 
     settings = check_lab(args.out, args.threads, **given(args, LabSettings))
-    threads = default_threads() if args.threads is None else args.threads
-    run_lab(args.out, settings, threads=threads)
+    run_lab(args.out, settings, threads=chosen_threads(args.threads))
     return 0
 
 
@@ -296,21 +300,25 @@ def _add_analyze(sub: Subparsers) -> None:
         help="a layer is the donor's when its change exceeds RATIO x the host's (default 1)",
     )
     an.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads(an, "its small tensor pieces")
     an.set_defaults(handler=_analyze)
 
 
 def _analyze(args: argparse.Namespace) -> int:
     from mergekit_layerswap import analysis
 
-    result = analysis.analyze(
-        args.base,
-        [analysis.parse_expert(spec) for spec in args.experts],
-        args.output,
-        host=args.host,
-        donor=args.donor,
-        ratio=args.ratio,
-        progress=not args.quiet,
-    )
+    if problems := threads_problems(args.threads):
+        raise InputError(problems)
+    with torch_threads(chosen_threads(args.threads)):
+        result = analysis.analyze(
+            args.base,
+            [analysis.parse_expert(spec) for spec in args.experts],
+            args.output,
+            host=args.host,
+            donor=args.donor,
+            ratio=args.ratio,
+            progress=not args.quiet,
+        )
     for path in result.files:
         print(f"wrote {path}")
     if result.suggestion is not None:

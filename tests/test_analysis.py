@@ -372,3 +372,26 @@ def test_output_that_is_a_file_is_refused(family, tmp_path, capsys):
     argv = ["analyze", "--base", str(family["base"]), "--expert", f"a={family['math']}"]
     assert cli.main([*argv, "--output", str(out), "--quiet"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_torch_threads_are_the_callers(family, tmp_path, monkeypatch):
+    """`analysis.analyze` leaves torch's thread count to its caller; the `analyze` command
+    runs with `--threads` and restores the count after."""
+    import torch
+
+    from mergekit_layerswap.analysis import measure
+
+    before = torch.get_num_threads()
+    seen = []
+    real = measure._stream_expert
+
+    def stream_expert(*args, **kwargs):  # a spy: the real pass still runs
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "_stream_expert", stream_expert)
+    experts = [("math", str(family["math"]))]
+    analysis.analyze(str(family["base"]), experts, tmp_path / "api")
+    argv = ["analyze", "--base", str(family["base"]), "--expert", f"math={family['math']}"]
+    assert cli.main([*argv, "--output", str(tmp_path / "cli"), "--quiet", "--threads", "2"]) == 0
+    assert seen == [before, 2] and torch.get_num_threads() == before

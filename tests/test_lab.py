@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mergekit_layerswap import cli
+from mergekit_layerswap import cli, threads
 from mergekit_layerswap.errors import RunError
 from mergekit_layerswap.lab import language, preconditions, run, samplers, testsets, train
 from mergekit_layerswap.lab.settings import LabSettings
@@ -246,9 +246,9 @@ def test_torch_threads_are_left_alone_unless_asked():
     import torch
 
     before = torch.get_num_threads()
-    with run.torch_threads(None):
+    with threads.torch_threads(None):
         assert torch.get_num_threads() == before
-    with run.torch_threads(1):
+    with threads.torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
 

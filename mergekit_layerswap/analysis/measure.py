@@ -181,23 +181,17 @@ def stream(
 ) -> list[Sums]:
     """One pass over every tensor of every expert against the base (models[0]).
 
-    Pieces of 2^20 elements are too small for torch's intra-op threads, which then spend more
-    time waiting on each other than computing (15x slower on a busy 2-core machine); torch runs
-    single-threaded here and the experts run in parallel threads instead."""
-    import torch
-
+    The experts run in parallel threads. Pieces of 2^20 elements are too small for torch's
+    intra-op threads, which then spend more time waiting on each other than computing (15x
+    slower on a busy 2-core machine); torch's thread count is the caller's to set, and the
+    `analyze` command runs with 1 unless told otherwise (`--threads`, `OMP_NUM_THREADS`)."""
     k = max(1, math.ceil(TOP_FRACTION * sum(math.prod(item.shape) for item in items)))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(min(len(models) - 1, os.cpu_count() or 1)) as pool:
-            jobs = [
-                pool.submit(_stream_expert, models[0], model, i, items, k, on_bytes)
-                for i, model in enumerate(models[1:], start=1)
-            ]
-            return [job.result() for job in jobs]
-    finally:
-        torch.set_num_threads(threads)
+    with ThreadPoolExecutor(min(len(models) - 1, os.cpu_count() or 1)) as pool:
+        jobs = [
+            pool.submit(_stream_expert, models[0], model, i, items, k, on_bytes)
+            for i, model in enumerate(models[1:], start=1)
+        ]
+        return [job.result() for job in jobs]
 
 
 def bytes_read(models: Sequence[Model], items: Sequence[Item]) -> int:

@@ -3,7 +3,6 @@ the device, the output folder and the disk space it needs; every problem at once
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -13,18 +12,7 @@ from mergekit_layerswap.errors import InputError
 from mergekit_layerswap.lab import language, train
 from mergekit_layerswap.lab.run import suite_config
 from mergekit_layerswap.lab.settings import LabSettings
-
-
-def default_threads() -> int | None:
-    """The lab's torch thread count when `--threads` is not given: torch's own default
-    (None: untouched) when the user set `OMP_NUM_THREADS`, else 1.
-
-    Measured on 2 cores (`bench/demo_under_load.py`): the tiny models' ops are small, so each
-    step is many short parallel regions; with 2 threads, libgomp's workers spin at every
-    barrier, and when another process takes one core the spinning thread burns the time
-    slice its sibling needs: a training step went from 0.14 s (quiet) to 0.80 s with both
-    cores busy, against 0.25 s to 0.39 s with 1 thread."""
-    return None if os.environ.get("OMP_NUM_THREADS") else 1
+from mergekit_layerswap.threads import threads_problems
 
 
 def disk_needed(settings: LabSettings) -> int:
@@ -50,8 +38,7 @@ def check_lab(out_dir: str | Path, threads: int | None, **values) -> LabSettings
         settings = LabSettings(**values)
     except ValidationError as error:
         problems += pydantic_problems(error, as_flags=True)
-    if threads is not None and threads < 1:
-        problems.append(f"--threads: {threads} is not a thread count; give 1 or more")
+    problems += threads_problems(threads)
     if values.get("device") == "cuda":
         import torch
 

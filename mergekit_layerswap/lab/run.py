@@ -22,7 +22,6 @@ import copy
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -34,28 +33,13 @@ from mergekit_layerswap.lab import preconditions, samplers, testsets, train
 from mergekit_layerswap.lab.settings import LabSettings
 from mergekit_layerswap.merge import remove_stale_partials
 from mergekit_layerswap.suite import include
+from mergekit_layerswap.threads import torch_threads
 
 STAGE_FILE = "lab-stage.json"
 #: In a seed's analysis folder: each expert's per-layer relative change (from `analyze`).
 CHANGE_FILE = "change-profile.json"
 #: In a seed's folder: its measured preconditions.
 PRECONDITIONS_FILE = "preconditions.json"
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with `threads` intra-op torch threads (None: leave torch as it is), restored after."""
-    import torch
-
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 #: The settings each stage's result depends on (how many seeds run, the device and the
