@@ -105,15 +105,15 @@ def tables(rows: dict) -> str:
     names = list(preconditions.MEANINGS)
     lines = ["| design | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for design, row in rows.items():
-        records = [r for seed in row["preconditions"].values() for r in seed]
+        found = preconditions.by_name(row["preconditions"].values())
         cells = []
         for name in names:
-            found = [r for r in records if r["name"] == name]
-            if not found:  # measured before this precondition existed
+            if name not in found:  # measured before this precondition existed
                 cells.append("-")
                 continue
-            value = statistics.fmean(r["value"] for r in found)
-            cells.append(f"{value:.2f} ({sum(r['passed'] for r in found)}/{len(found)})")
+            records = found[name]
+            value = statistics.fmean(r["value"] for r in records)
+            cells.append(f"{value:.2f} ({sum(r['passed'] for r in records)}/{len(records)})")
         lines.append(f"| {design} | " + " | ".join(cells) + " |")
     scored_rows = {d: r for d, r in rows.items() if "target_math" in r}
     if scored_rows:

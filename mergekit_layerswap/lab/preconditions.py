@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,6 +67,14 @@ class Precondition:
 
     def record(self) -> dict:
         return asdict(self) | {"passed": self.passed}
+
+
+def by_name(per_seed: Iterable[list[dict]]) -> dict[str, list[dict]]:
+    """Each precondition's records over the seeds (`per_seed`: each seed's records), in
+    MEANINGS' order; a precondition no seed measured is left out."""
+    records = [r for seed in per_seed for r in seed]
+    found = {name: [r for r in records if r["name"] == name] for name in MEANINGS}
+    return {name: rows for name, rows in found.items() if rows}
 
 
 def _load(folder: Path, device: str):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from mergekit_layerswap.evaluate.settings import DEFAULT_HF_BATCH_SIZE, EvalSettings, eval_command
 from mergekit_layerswap.files import write_atomic
 from mergekit_layerswap.lab import language, testsets
-from mergekit_layerswap.lab.preconditions import MEANINGS
+from mergekit_layerswap.lab.preconditions import MEANINGS, by_name
 from mergekit_layerswap.lab.settings import LabSettings
 from mergekit_layerswap.lab.verdict import RIVALS, SWAP
 from mergekit_layerswap.suite.leaderboard import Bar, picture, png
@@ -290,17 +290,13 @@ def plot(data: dict) -> Figure:
 def _precondition_lines(data: dict) -> list[str]:
     """One line per precondition for lab.png: its value on each seed, pass or FAIL, and the
     threshold."""
-    seeds = list(data["seeds"].values())
     lines = ["Preconditions, per seed (value pass/FAIL; threshold):"]
-    for name in MEANINGS:
-        found = [r for s in seeds for r in s.get("preconditions", []) if r["name"] == name]
-        if found:
-            values = ", ".join(
-                f"{r['value']:.2f} {'pass' if r['passed'] else 'FAIL'}" for r in found
-            )
-            thresholds = [f"{r['threshold']:.2f}" for r in found]  # per seed, in order
-            shown = thresholds[:1] if len(set(thresholds)) == 1 else thresholds
-            lines.append(f"{name}: {values} (threshold {', '.join(shown)})")
+    per_seed = (s.get("preconditions", []) for s in data["seeds"].values())
+    for name, found in by_name(per_seed).items():
+        values = ", ".join(f"{r['value']:.2f} {'pass' if r['passed'] else 'FAIL'}" for r in found)
+        thresholds = [f"{r['threshold']:.2f}" for r in found]  # per seed, in order
+        shown = thresholds[:1] if len(set(thresholds)) == 1 else thresholds
+        lines.append(f"{name}: {values} (threshold {', '.join(shown)})")
     return lines
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from mergekit_layerswap.lab.preconditions import MEANINGS
+from mergekit_layerswap.lab.preconditions import by_name
 
 SWAP = "layer-swap"
 RIVALS = ("math", "lang", "soup")
@@ -32,10 +32,9 @@ def failing(preconditions: dict[str, list[dict]]) -> list[str]:
     """'NAME (mean value vs threshold, failed on K of S seeds)' for each precondition that
     fails on more than half of the seeds (`preconditions`: seed -> records)."""
     lines = []
-    for name in MEANINGS:
-        records = [r for seed in preconditions.values() for r in seed if r["name"] == name]
+    for name, records in by_name(preconditions.values()).items():
         failed = sum(not r["passed"] for r in records)
-        if records and failed * 2 > len(records):
+        if failed * 2 > len(records):
             value = statistics.fmean(r["value"] for r in records)
             threshold = statistics.fmean(r["threshold"] for r in records)
             seeds = "the seed" if len(records) == 1 else f"{failed} of {len(records)} seeds"
