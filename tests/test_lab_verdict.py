@@ -28,29 +28,35 @@ def passing(count: int, failed: str | None = None) -> dict:
     return {str(i): records for i in range(count)}
 
 
+def judge(scored: dict, measured: dict, n_items: int) -> dict:
+    """verdict.judge of `scored` seeds, each with its preconditions from `measured`."""
+    seeds_ = {seed: run | {"preconditions": measured[seed]} for seed, run in scored.items()}
+    return verdict.judge(seeds_, TARGET, n_items)
+
+
 def test_a_margin_beyond_twice_its_standard_error_is_an_effect():
-    found = verdict.judge(seeds(0.10, 0.12, 0.11), TARGET, passing(3), 200)
+    found = judge(seeds(0.10, 0.12, 0.11), passing(3), 200)
     assert found["kind"] == "effect"
     assert found["mean"] == pytest.approx(0.11) and found["standard_error"] < 0.01
 
 
 def test_a_margin_within_noise_is_no_effect():
-    found = verdict.judge(seeds(0.10, -0.05, 0.02), TARGET, passing(3), 200)
+    found = judge(seeds(0.10, -0.05, 0.02), passing(3), 200)
     assert found["kind"] == "no effect"
     assert "detects margins of about 6 points" in found["text"]
 
 
 def test_one_seed_never_claims_a_win():
-    found = verdict.judge(seeds(0.30), TARGET, passing(1), 60)
+    found = judge(seeds(0.30), passing(1), 60)
     assert found["kind"] == "cannot judge" and "one seed" in found["reason"]
 
 
 def test_a_failing_precondition_is_named_with_its_value_and_threshold():
-    found = verdict.judge(seeds(0.10, 0.12, 0.11), TARGET, passing(3, "transfer"), 200)
+    found = judge(seeds(0.10, 0.12, 0.11), passing(3, "transfer"), 200)
     assert found["kind"] == "cannot judge"
     assert found["reason"] == "transfer fails (0.00 vs 1.00; on 3 of 3 seeds)"
     mixed = passing(3) | {"0": passing(1, "alignment")["0"]}  # fails on 1 seed of 3
-    assert verdict.judge(seeds(0.10, 0.12, 0.11), TARGET, mixed, 200)["kind"] == "effect"
+    assert judge(seeds(0.10, 0.12, 0.11), mixed, 200)["kind"] == "effect"
 
 
 def test_change_profile_wants_outer_language_and_middle_math_changes():

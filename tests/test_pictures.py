@@ -94,9 +94,7 @@ def lab_data(seeds: int, max_gen_toks: int = 48) -> dict:
         "tests": testsets.summary(testsets.build("sw", 2, 1000)),
         "seeds": {str(seed): run for seed, run in runs.items()},
         "summary": report.summarize(runs, COLUMNS),
-        "verdict": verdict.judge(
-            runs, COLUMNS[0], {str(k): v["preconditions"] for k, v in runs.items()}, 2
-        ),
+        "verdict": verdict.judge(runs, COLUMNS[0], 2),
     }
 
 

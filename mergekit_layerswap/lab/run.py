@@ -323,12 +323,7 @@ def _run_lab(out: Path, settings: LabSettings) -> dict:
         "tests": testsets.summary(test),
         "seeds": {str(seed): value for seed, value in seeds.items()},
         "summary": summary,
-        "verdict": verdict.judge(
-            seeds,
-            columns[0],
-            {str(seed): value["preconditions"] for seed, value in seeds.items()},
-            settings.n_test,
-        ),
+        "verdict": verdict.judge(seeds, columns[0], settings.n_test),
     }
     for path in report.write(data, out):
         print(f"wrote {path}", flush=True)

@@ -28,11 +28,11 @@ def detectable(n_items: int, seeds: int) -> float:
     return 2 * math.sqrt(2 * 0.25 / (n_items * seeds))
 
 
-def failing(preconditions: dict[str, list[dict]]) -> list[str]:
+def failing(seeds: dict) -> list[str]:
     """'NAME (mean value vs threshold, failed on K of S seeds)' for each precondition that
-    fails on more than half of the seeds (`preconditions`: seed -> records)."""
+    fails on more than half of the seeds (each seed's records under "preconditions")."""
     lines = []
-    for name, records in by_name(preconditions.values()).items():
+    for name, records in by_name(s["preconditions"] for s in seeds.values()).items():
         failed = sum(not r["passed"] for r in records)
         if failed * 2 > len(records):
             value = statistics.fmean(r["value"] for r in records)
@@ -42,11 +42,9 @@ def failing(preconditions: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def judge(
-    seeds: dict, target_column: str, preconditions: dict[str, list[dict]], n_items: int
-) -> dict:
+def judge(seeds: dict, target_column: str, n_items: int) -> dict:
     """The verdict of the seeds' scores (`seeds`: seed -> {"models": {name: {"columns":
-    ...}}}) on `target_column` (flexible-extract), given each seed's preconditions."""
+    ...}}, "preconditions": [record, ...]}) on `target_column` (flexible-extract)."""
 
     def score(seed: dict, name: str) -> float:
         return seed["models"][name]["columns"][target_column]["score"] or 0.0
@@ -56,7 +54,7 @@ def judge(
     mean = statistics.fmean(margins)
     se = statistics.stdev(margins) / math.sqrt(n) if n > 1 else math.inf
     smallest = detectable(n_items, n)
-    failed = failing(preconditions)
+    failed = failing(seeds)
     if failed:
         kind, reason = "cannot judge", "; ".join(failed)
     elif n == 1:
